@@ -1,0 +1,140 @@
+"""Capabilities -> loss report.  ``make_plan`` decides every tensor's stored dtype for a target
+format and lists what the conversion changes or drops, applying DESIGN.md's loss semantics:
+
+* no ``--dtype``: keep each dtype, or widen losslessly where the target lacks it;
+* value-changing steps (a narrowing cast, quantization, a dropped tensor or tokenizer, an hparam no
+  loader of the target can recover) are refused without ``--allow-lossy``; an explicit ``--dtype``
+  consents to its own cast;
+* an hparam the target cannot store but its loaders take at load time is a warning naming the flag.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .dtypes import DType, exact_widenings, get_dtype
+from .errors import LossyConversionError, UnsupportedError
+from .format import Format, WriteContext
+from .ir import Model, Step, Tensor, cast
+from .quant import policy
+
+LOSSY = "lossy"          # refused without --allow-lossy
+CONSENTED = "consented"  # value-changing, but asked for with --dtype
+WARNING = "warning"      # nothing changes, but a loader needs to be told something
+
+#: hparams every reader can recover from tensor shapes (core/hparams.infer_from_shapes)
+SHAPE_DERIVED = frozenset({"n_vocab", "n_embd", "n_ff", "n_layer"})
+
+
+@dataclass(frozen=True)
+class Loss:
+    kind: str        # "dtype" | "tensor" | "tokenizer" | "hparam" | "metadata" | format-specific
+    subject: str
+    detail: str
+    severity: str
+
+    def line(self) -> str:
+        tag = {LOSSY: "LOSS", CONSENTED: "cast", WARNING: "note"}[self.severity]
+        return f"{tag}: {self.kind} {self.subject}: {self.detail}"
+
+
+@dataclass
+class Plan:
+    model: Model
+    target: Format
+    losses: list[Loss] = field(default_factory=list)
+    casts: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+    @property
+    def lossless(self) -> bool:
+        return not any(loss.severity in (LOSSY, CONSENTED) for loss in self.losses)
+
+    def report(self) -> list[str]:
+        lines = []
+        for (src, dst), names in sorted(self.casts.items()):
+            how = "widened losslessly" if dst in exact_widenings(get_dtype(src)) else "converted"
+            lines.append(f"dtype: {len(names)} tensor(s) {src} -> {dst} ({how})")
+        # per-tensor casts asked for with --dtype are summed up above
+        lines.extend(loss.line() for loss in self.losses if not (loss.kind == "dtype" and loss.severity == CONSENTED))
+        return lines
+
+
+def _target_dtype(model: Model, t: Tensor, fmt: Format, request: Optional[str]) -> tuple[DType, Optional[Loss]]:
+    if request is not None:
+        wanted = policy.choose_dtype(model, t, request)
+        if wanted is not None:
+            if wanted.name not in fmt.dtypes:
+                raise UnsupportedError(f"format {fmt.name} cannot store {wanted.name} "
+                                       f"(it stores {', '.join(sorted(fmt.dtypes))})")
+            if wanted == t.dtype or wanted.name in exact_widenings(t.dtype):
+                return wanted, None
+            return wanted, Loss("dtype", t.name, f"{t.dtype.name} -> {wanted.name}", CONSENTED)
+    if t.dtype.name in fmt.dtypes:
+        return t.dtype, None
+    for name in exact_widenings(t.dtype):
+        if name in fmt.dtypes:
+            return get_dtype(name), None
+    fallback = "f32" if (t.dtype.is_float or t.dtype.is_quantized) else "i64" if "i64" in fmt.dtypes else "i32"
+    if fallback not in fmt.dtypes:
+        raise UnsupportedError(f"format {fmt.name} cannot store {t.dtype.name} tensors", tensor=t.name)
+    return get_dtype(fallback), Loss("dtype", t.name, f"{t.dtype.name} -> {fallback}: {fmt.name} has no "
+                                     f"{t.dtype.name} and no type that holds its values exactly", LOSSY)
+
+
+def make_plan(model: Model, fmt: Format, ctx: WriteContext, dtype: Optional[str] = None,
+              allow_lossy: bool = False) -> Plan:
+    if dtype is not None:
+        policy.is_request_quantizing(dtype)  # unknown names raise here
+    losses: list[Loss] = []
+    casts: dict[tuple[str, str], list[str]] = defaultdict(list)
+    tensors: dict[str, Tensor] = {}
+    for t in model.tensors.values():
+        if not fmt.accepts_tensor(t.name):
+            losses.append(Loss("tensor", t.name, f"{fmt.name} has no place for it; dropped", LOSSY))
+            continue
+        target, loss = _target_dtype(model, t, fmt, dtype)
+        if loss is not None:
+            losses.append(loss)
+        if target != t.dtype:
+            casts[(t.dtype.name, target.name)].append(t.name)
+            t = cast(t, target)
+        tensors[t.name] = t
+
+    if model.tokenizer is not None and not fmt.stores_tokenizer:
+        losses.append(Loss("tokenizer", f"({len(model.tokenizer)} tokens)", f"{fmt.name} cannot store it; dropped",
+                           LOSSY))
+    for key, value in sorted(model.hparams.items()):
+        if fmt.stored_hparams is None or key in fmt.stored_hparams:
+            continue
+        if key in fmt.fixed_hparams:
+            fixed = fmt.fixed_hparams[key]
+            if value != fixed:
+                losses.append(Loss("hparam", key, f"{value!r} cannot be stored; every {fmt.name} loader assumes "
+                                   f"{fixed!r}", LOSSY))
+        elif key in fmt.load_time_hparams:
+            losses.append(Loss("hparam", key, f"{value!r} is not stored in {fmt.name}; loaders need "
+                               f"{fmt.load_time_hparams[key]}", WARNING))
+        elif key not in SHAPE_DERIVED:
+            losses.append(Loss("hparam", key, f"{value!r} cannot be stored in {fmt.name} and cannot be "
+                               "recovered from the tensors", LOSSY))
+    if model.metadata and not fmt.stores_metadata:
+        losses.append(Loss("metadata", f"({len(model.metadata)} keys)", f"{fmt.name} cannot store free metadata",
+                           WARNING))
+
+    planned = model.derive(tensors)
+    for (src, dst), names in casts.items():
+        planned.history.append(Step("cast", f"{len(names)} tensor(s) {src} -> {dst}"))
+    losses.extend(fmt.plan_losses(planned, ctx))
+    refused = [loss for loss in losses if loss.severity == LOSSY]
+    if refused and not allow_lossy:
+        detail = "; ".join(f"{loss.kind} {loss.subject}: {loss.detail}" for loss in refused[:5])
+        more = f" (and {len(refused) - 5} more)" if len(refused) > 5 else ""
+        raise LossyConversionError(f"converting to {fmt.name} would lose information: {detail}{more}; "
+                                   "pass --allow-lossy to accept")
+    for loss in losses:
+        if loss.severity != WARNING:
+            planned.history.append(Step("loss", f"{loss.kind} {loss.subject}: {loss.detail}"))
+    return Plan(planned, fmt, losses, dict(casts))
+
