@@ -12,6 +12,7 @@ float32 on demand.
 
 from __future__ import annotations
 
+import copy
 from typing import ClassVar, Iterable, Optional
 
 import numpy as np
@@ -61,8 +62,14 @@ class DType:
     def to_f32(self, raw: np.ndarray, n_cols: int) -> np.ndarray:
         return np.asarray(self.decode(raw, n_cols), dtype=F32)
 
+    @property
+    def label(self) -> str:
+        """The name, plus ``@block_size`` for a non-default variant of a parametric type ("l2c_q8@32");
+        :func:`get_dtype` accepts it back."""
+        return self.name
+
     def __repr__(self) -> str:
-        return f"DType({self.name})"
+        return f"DType({self.label})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, DType) and (self.name, self.block_size) == (other.name, other.block_size)
@@ -206,6 +213,10 @@ class BlockDType(DType):
     natural = F32
     #: subclasses register themselves here by name
     registry: ClassVar[dict[str, "BlockDType"]] = {}
+    #: True for types whose block size is chosen per file (llama2.c's group size).  The registered
+    #: instance has the default size; ``variant(n)`` gives the same type with blocks of n values.
+    #: Variants compare unequal (DType equality is by name and block size).
+    parametric: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -218,6 +229,37 @@ class BlockDType(DType):
 
     def quantize_blocks(self, blocks: np.ndarray) -> np.ndarray:
         raise UnsupportedError(f"quantizing to {self.name} is not implemented")
+
+    # -- parametric variants -----------------------------------------------------------------------
+    def type_size_for(self, block_size: int) -> int:
+        """Bytes of one block of ``block_size`` values (parametric types override this)."""
+        raise UnsupportedError(f"{self.name} has a fixed block size of {self.block_size}")
+
+    def variant(self, block_size: int) -> "BlockDType":
+        """This type with blocks of ``block_size`` values (the same object for the current size)."""
+        if block_size == self.block_size:
+            return self
+        default = BlockDType.registry.get(self.name, self)
+        if block_size == default.block_size:
+            return default
+        if not self.parametric:
+            raise UnsupportedError(f"{self.name} has a fixed block size of {self.block_size}")
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise UnsupportedError(f"{self.name} block size must be a positive integer, not {block_size!r}")
+        key = (self.name, block_size)
+        if key not in _VARIANTS:
+            v = copy.copy(default)
+            v.block_size = block_size
+            v.type_size = default.type_size_for(block_size)
+            _VARIANTS[key] = v
+        return _VARIANTS[key]
+
+    @property
+    def label(self) -> str:
+        default = BlockDType.registry.get(self.name)
+        if default is not None and default.block_size != self.block_size:
+            return f"{self.name}@{self.block_size}"
+        return self.name
 
     def dequantize_blocks(self, blocks: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -237,6 +279,8 @@ class BlockDType(DType):
 
 
 TABLE: dict[str, DType] = {}
+#: non-default variants of parametric block types, by (name, block_size)
+_VARIANTS: dict[tuple[str, int], "BlockDType"] = {}
 
 
 def _register_plain(dt: DType) -> DType:
@@ -313,9 +357,17 @@ def all_dtypes() -> dict[str, DType]:
 
 
 def get_dtype(name: str) -> DType:
-    """Look a dtype up by its (case-insensitive) name."""
+    """Look a dtype up by its (case-insensitive) name; ``name@N`` is the variant of a parametric
+    block type with blocks of N values (``l2c_q8@32``)."""
     table = all_dtypes()
-    key = name.lower()
+    key, sep, size = name.lower().partition("@")
     if key not in table:
         raise UnsupportedError(f"unknown dtype {name!r} (known: {', '.join(sorted(table))})")
-    return table[key]
+    dt = table[key]
+    if not sep:
+        return dt
+    if not isinstance(dt, BlockDType) or not dt.parametric:
+        raise UnsupportedError(f"dtype {key} has no block-size variants ({name!r})")
+    if not size.isdigit():
+        raise UnsupportedError(f"dtype {name!r}: the block size after '@' must be a positive integer")
+    return dt.variant(int(size))

@@ -116,6 +116,18 @@ class Format:
     def write(self, model: Model, path: str, ctx: WriteContext) -> None:
         raise NotImplementedError
 
+    def output_dtypes(self, model: Model, ctx: WriteContext) -> frozenset[str]:
+        """dtype names this output can store given its writer options (default: ``dtypes``);
+        e.g. llama2.c v0/v1 hold only f32 although the format also has an int8 version."""
+        return self.dtypes
+
+    def dtype_request(self, model: Model, request: Optional[str], ctx: WriteContext) -> Optional[str]:
+        """The ``--dtype`` request as this output's writer options refine it: a parametric block
+        size (``l2c_q8`` -> ``l2c_q8@32``), or a type an explicit option implies.  The result consents
+        to its casts like ``--dtype`` does, so return a new request only for what the user asked for.
+        Default: unchanged."""
+        return request
+
     def plan_losses(self, model: Model, ctx: WriteContext) -> list["Loss"]:  # noqa: F821
         """Format-specific losses beyond dtypes/hparams/tokenizer (core adds those)."""
         return []

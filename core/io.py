@@ -139,6 +139,7 @@ class AtomicOutput:
         check_not_input(final, self.inputs)
         if os.path.lexists(final) and not self.force:
             raise UsageError(f"{final} exists; use --force to replace it")
+        os.makedirs(os.path.dirname(final), exist_ok=True)  # parent folders are created, as for OUT
         clean_stale_temps(final)
         tmp = temp_name(final)
         self._sidecars[final] = tmp

@@ -14,6 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
+
 from .dtypes import DType, exact_widenings, get_dtype
 from .errors import LossyConversionError, UnsupportedError
 from .format import Format, WriteContext
@@ -54,33 +56,52 @@ class Plan:
     def report(self) -> list[str]:
         lines = []
         for (src, dst), names in sorted(self.casts.items()):
-            how = "widened losslessly" if dst in exact_widenings(get_dtype(src)) else "converted"
+            src_t, dst_t = get_dtype(src), get_dtype(dst)
+            how = ("widened losslessly" if dst in exact_widenings(src_t)
+                   else _requant(src_t, dst_t).strip(" ()") or "converted")
             lines.append(f"dtype: {len(names)} tensor(s) {src} -> {dst} ({how})")
         # per-tensor casts asked for with --dtype are summed up above
         lines.extend(loss.line() for loss in self.losses if not (loss.kind == "dtype" and loss.severity == CONSENTED))
         return lines
 
 
-def _target_dtype(model: Model, t: Tensor, fmt: Format, request: Optional[str]) -> tuple[DType, Optional[Loss]]:
+def _target_dtype(model: Model, t: Tensor, fmt: Format, request: Optional[str],
+                  allowed: frozenset[str]) -> tuple[DType, Optional[Loss]]:
     if request is not None:
         wanted = policy.choose_dtype(model, t, request)
         if wanted is not None:
-            if wanted.name not in fmt.dtypes:
+            if wanted.name not in allowed:
                 raise UnsupportedError(f"format {fmt.name} cannot store {wanted.name} "
-                                       f"(it stores {', '.join(sorted(fmt.dtypes))})")
+                                       f"(it stores {', '.join(sorted(allowed))})")
             if wanted == t.dtype or wanted.name in exact_widenings(t.dtype):
                 return wanted, None
-            return wanted, Loss("dtype", t.name, f"{t.dtype.name} -> {wanted.name}", CONSENTED)
-    if t.dtype.name in fmt.dtypes:
+            return wanted, Loss("dtype", t.name, f"{t.dtype.label} -> {wanted.label}{_requant(t.dtype, wanted)}",
+                                CONSENTED)
+    if t.dtype.name in allowed:
         return t.dtype, None
     for name in exact_widenings(t.dtype):
-        if name in fmt.dtypes:
+        if name in allowed:
             return get_dtype(name), None
-    fallback = "f32" if (t.dtype.is_float or t.dtype.is_quantized) else "i64" if "i64" in fmt.dtypes else "i32"
-    if fallback not in fmt.dtypes:
+    fallback = "f32" if (t.dtype.is_float or t.dtype.is_quantized) else "i64" if "i64" in allowed else "i32"
+    if fallback not in allowed:
         raise UnsupportedError(f"format {fmt.name} cannot store {t.dtype.name} tensors", tensor=t.name)
     return get_dtype(fallback), Loss("dtype", t.name, f"{t.dtype.name} -> {fallback}: {fmt.name} has no "
                                      f"{t.dtype.name} and no type that holds its values exactly", LOSSY)
+
+
+def _requant(src: DType, dst: DType) -> str:
+    """A note for a cast between two quantized types: it goes through float32 and changes values."""
+    if src.is_quantized and dst.is_quantized:
+        return f" (re-quantized: dequantized from {src.label}, quantized to {dst.label}; values change)"
+    return ""
+
+
+def _same_hparam(value: object, fixed: object) -> bool:
+    """Float hparams compare at float32 precision: every format and loader keeps them as float32
+    (GGUF's eps is an f32; a value read back from one is 9.99999975e-06, not 1e-05)."""
+    if isinstance(value, float) and isinstance(fixed, float):
+        return bool(np.float32(value) == np.float32(fixed))
+    return value == fixed
 
 
 def make_plan(model: Model, fmt: Format, ctx: WriteContext, dtype: Optional[str] = None,
@@ -90,15 +111,17 @@ def make_plan(model: Model, fmt: Format, ctx: WriteContext, dtype: Optional[str]
     losses: list[Loss] = []
     casts: dict[tuple[str, str], list[str]] = defaultdict(list)
     tensors: dict[str, Tensor] = {}
+    request = fmt.dtype_request(model, dtype, ctx)
+    allowed = fmt.output_dtypes(model, ctx)
     for t in model.tensors.values():
         if not fmt.accepts_tensor(t.name):
             losses.append(Loss("tensor", t.name, f"{fmt.name} has no place for it; dropped", LOSSY))
             continue
-        target, loss = _target_dtype(model, t, fmt, dtype)
+        target, loss = _target_dtype(model, t, fmt, request, allowed)
         if loss is not None:
             losses.append(loss)
         if target != t.dtype:
-            casts[(t.dtype.name, target.name)].append(t.name)
+            casts[(t.dtype.label, target.label)].append(t.name)
             t = cast(t, target)
         tensors[t.name] = t
 
@@ -110,7 +133,7 @@ def make_plan(model: Model, fmt: Format, ctx: WriteContext, dtype: Optional[str]
             continue
         if key in fmt.fixed_hparams:
             fixed = fmt.fixed_hparams[key]
-            if value != fixed:
+            if not _same_hparam(value, fixed):
                 losses.append(Loss("hparam", key, f"{value!r} cannot be stored; every {fmt.name} loader assumes "
                                    f"{fixed!r}", LOSSY))
         elif key in fmt.load_time_hparams:
