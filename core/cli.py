@@ -115,7 +115,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     width = max((len(n) for n in model.tensors), default=4)
     for t in model.tensors.values():
         shape = "x".join(str(d) for d in t.shape) or "scalar"
-        print(f"  {t.name:<{width}}  {t.dtype.name:<8} {shape:<16} {t.nbytes:>12}")
+        print(f"  {t.name:<{width}}  {t.dtype.label:<8} {shape:<16} {t.nbytes:>12}")
     print("history:")
     for step in model.history:
         print(f"  {step.kind}: {step.detail}")
@@ -134,7 +134,7 @@ def _inspect_json(model: Any, notes: list[str]) -> dict[str, Any]:
                                                "eos_id": tok.eos_id, "unk_id": tok.unk_id, "pad_id": tok.pad_id},
         "metadata": {k: (v if isinstance(v, (str, int, float, bool)) or v is None else repr(v))
                      for k, v in model.metadata.items()},
-        "tensors": [{"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape), "bytes": t.nbytes}
+        "tensors": [{"name": t.name, "dtype": t.dtype.label, "shape": list(t.shape), "bytes": t.nbytes}
                     for t in model.tensors.values()],
         "notes": notes,
         "history": [{"kind": s.kind, "detail": s.detail} for s in model.history],

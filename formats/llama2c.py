@@ -410,8 +410,12 @@ def read_llama2c(path: str, ctx: ReadContext) -> Model:
     model.history.extend(Step("note", n) for n in notes)
     tok_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), TOKENIZER_BIN)
     if os.path.isfile(tok_path):
-        model.tokenizer = read_tokenizer_bin(tok_path, header.vocab_size, ctx.cache.get(tok_path))
+        mapped_tok = ctx.cache.get(tok_path)
+        model.tokenizer, end = read_tokenizer_bin(tok_path, header.vocab_size, mapped_tok)
         model.files = model.files + (os.path.abspath(tok_path),)
+        if end < mapped_tok.size:
+            model.history.append(Step("note", f"{tok_path} has {mapped_tok.size - end} bytes after the first "
+                                      f"{header.vocab_size} (vocab_size) tokens; they are ignored, as run.c does"))
         model.history.append(Step("default", f"tokenizer ids unk={UNK_ID} bos={BOS_ID} eos={EOS_ID} "
                                   "(llama2.c convention; tokenizer.bin does not store them)"))
     return model
@@ -449,8 +453,9 @@ def to_l2c_spelling(i: int, token: bytes, tok: Tokenizer) -> bytes:
     return token.replace(SPACE_MARK, b" ")
 
 
-def read_tokenizer_bin(path: str, n_vocab: int, mapped: Optional[MappedFile] = None) -> Tokenizer:
-    """Exactly ``n_vocab`` entries (the model header's vocab_size), as run.c reads them."""
+def read_tokenizer_bin(path: str, n_vocab: int, mapped: Optional[MappedFile] = None) -> tuple[Tokenizer, int]:
+    """Exactly ``n_vocab`` entries (the model header's vocab_size), as run.c reads them; returns the
+    tokenizer and the offset where its entries end."""
     mapped = mapped or MappedFile(path)
     size = mapped.size
     if size < 4:
@@ -481,7 +486,7 @@ def read_tokenizer_bin(path: str, n_vocab: int, mapped: Optional[MappedFile] = N
         return i if i < n_vocab else None
 
     return Tokenizer(model="llama", tokens=tuple(tokens), scores=scores, token_types=types,
-                     bos_id=special(BOS_ID), eos_id=special(EOS_ID), unk_id=special(UNK_ID))
+                     bos_id=special(BOS_ID), eos_id=special(EOS_ID), unk_id=special(UNK_ID)), pos
 
 
 def tokenizer_bin_bytes(tok: Tokenizer) -> bytes:

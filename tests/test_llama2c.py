@@ -5,6 +5,7 @@ semantics and the CLI layouts."""
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -234,6 +235,7 @@ def test_requantizing_to_another_group_size_is_reported(tmp_path):
            "l2c_q8@32; values change)" in result.plan.report()
     assert not result.plan.lossless
     assert open_model(str(tmp_path / "b.bin")).tensors["token_embd.weight"].dtype.label == "l2c_q8@32"
+    assert re.search(r"\n  token_embd.weight +l2c_q8@32 +384x64 ", cli("inspect", tmp_path / "b.bin").out)
 
 
 def test_q8_0_to_l2c_q8_is_a_reported_loss(tmp_path):

@@ -40,11 +40,16 @@ def test_a_plausible_v0_of_the_wrong_size_is_sniffed_and_explained(tmp_path):
 def test_valid_tiny_files_read(tmp_path):
     """The builders' baseline is valid, so each case fails for its own reason."""
     (tmp_path / "model.bin").write_bytes(H.v0_file())
-    (tmp_path / "tokenizer.bin").write_bytes(H.tokenizer_bytes(H.GOOD_TOKENS))
+    (tmp_path / "tokenizer.bin").write_bytes(H.tokenizer_bytes(H.GOOD_TOKENS + [b"<0x0A>"]))
     m = open_model(str(tmp_path))
     assert m.hparams["n_vocab"] == 4 and m.tokenizer is not None
     assert m.tokenizer.tokens == (b"<unk>", b"<s>", b"</s>", b"\xe2\x96\x81a")
     assert m.tokenizer.token_types.tolist() == [2, 3, 3, 1]
+    assert [s.detail for s in m.history if s.kind == "note"] == [
+        f"{tmp_path / 'tokenizer.bin'} has 14 bytes after the first 4 (vocab_size) tokens; they are ignored, "
+        "as run.c does"]
+    r = cli("inspect", tmp_path / "model.bin")
+    assert r.rc == 0 and "tokenizer: llama, 4 tokens, bos=1 eos=2 unk=0 pad=None" in r.out
 
 
 def _limit_memory() -> None:
