@@ -108,6 +108,9 @@ def model_cases() -> list[Case]:
              "unsupported llama2.c version 3 (known: 1 and 2 after the magic; version 0 files have no magic)"),
         Case("negative_version", {"m.bin": MAGIC + struct.pack("<i", -1) + b"\0" * 248}, "m.bin", "m.bin", 4,
              "unsupported llama2.c version -1 (known: 1 and 2 after the magic; version 0 files have no magic)"),
+        # a v1 file whose magic is damaged is taken for v0, whose header then makes no sense
+        Case("wrong_magic", {"m.bin": b"25ka" + v12_header(1, TINY)[4:] + b"\0" * (v1_size(TINY) - 256)}, "m.bin",
+             "m.bin", 12, f"n_heads 16 does not divide dim {int.from_bytes(b'25ka', 'little')}"),
         Case("short_v1", {"m.bin": MAGIC + struct.pack("<i", 1) + struct.pack("<7i", *TINY)}, "m.bin", "m.bin", None,
              "file of 36 bytes is too short for the 256-byte llama2.c v1 header"),
         Case("bad_shared_flag", {"m.bin": v12_header(1, TINY, shared=2)}, "m.bin", "m.bin", 36,

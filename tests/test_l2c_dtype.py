@@ -24,6 +24,7 @@ def test_quantize_matches_torch_bit_for_bit(gs):
     w[1, :] = np.float32(0.5)                         # ties
     w[2, :gs] = np.arange(gs, dtype=np.float32) - gs // 2
     w[3, :gs] = np.float32(1e-44)                     # subnormal max: max/127 underflows to a zero scale
+    w[4, :gs] = np.float32(-0.0)                      # torch's abs max is +0.0: the scale is +0.0
     dt = get_dtype("l2c_q8").variant(gs)
     raw = dt.encode(w)
     assert raw.shape == (24, 6 * (gs + 4))

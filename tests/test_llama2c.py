@@ -125,6 +125,27 @@ def test_tokenizer_bin_matches_tokenizer_py_and_reads_back(tmp_path):
     assert back.tokens[1] == b"<s>" and back.tokens[2] == b"</s>" and back.tokens[3] == b"<0x00>"
 
 
+def test_tokenizer_bin_from_a_vocabulary_without_tokenizer_model(tmp_path):
+    """A GGUF/GGML vocabulary in the IR (no tokenizer.model bytes) gives the same tokenizer.bin."""
+    import dataclasses
+
+    tok = dataclasses.replace(sp_tokenizer(384), sp_model=None, add_bos=True, add_eos=False)
+    result = write(random_model(HP_GQA, tokenizer=tok), tmp_path / "stories.bin")
+    assert result.plan.report() == []
+    assert read_bytes(tmp_path / "tokenizer.bin") == ref.tokenizer_bin(sentencepiece_model(384))
+    back = open_model(str(tmp_path))               # any *.bin + tokenizer.bin
+    assert back.format == "llama2c" and back.files[0].endswith("stories.bin") and back.tokenizer.same_as(tok)
+    # what tokenizer.bin cannot hold is a refused loss
+    odd = dataclasses.replace(tok, bos_id=5, pad_id=3)
+    with pytest.raises(LossyConversionError, match=r"tokenizer \(384 tokens\): special ids bos=5, pad=3 are not "
+                       r"stored; llama2.c assumes unk=0 bos=1 eos=2 and no pad"):
+        write(random_model(HP_GQA, tokenizer=odd), tmp_path / "x" / "m.bin")
+    short = dataclasses.replace(tok, tokens=tok.tokens[:100], scores=tok.scores[:100], token_types=tok.token_types[:100])
+    with pytest.raises(UnsupportedError, match="the tokenizer has 100 tokens but the model's vocab_size is 384"):
+        write(random_model(HP_GQA, tokenizer=short), tmp_path / "y" / "m.bin")
+    assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "y" / "m.bin")
+
+
 def test_tokenizer_option_path_and_directory_layout(tmp_path):
     m = random_model(HP_GQA, tokenizer=sp_tokenizer(384))
     write(m, tmp_path / "a" / "b" / "x.bin", tokenizer=tmp_path / "t" / "vocab.bin")

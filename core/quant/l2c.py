@@ -30,14 +30,18 @@ DEFAULT_GROUP_SIZE = 64
 
 
 def quantize_q80(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(n_groups, GS) float32 -> (int8 q (n_groups, GS), float32 scales (n_groups,))."""
+    """(n_groups, GS) float32 -> (int8 q (n_groups, GS), float32 scales (n_groups,)).
+
+    Temporaries are kept to one float32 copy of the chunk: max|w| comes from two reductions
+    (+ 0.0 turns a -0.0 maximum into the +0.0 that torch's abs gives)."""
     w = np.asarray(values, dtype=F32)
-    if not np.all(np.isfinite(w)):
+    amax = np.maximum(w.max(axis=1), -w.min(axis=1)) + np.float32(0)
+    if not np.all(np.isfinite(amax)):
         raise QuantError("l2c_q8 cannot quantize non-finite values (inf or NaN)")
-    scale = (np.abs(w).max(axis=1) / np.float32(127)).astype(F32)
+    scale = (amax / np.float32(127)).astype(F32)
     zero = scale == 0
-    safe = np.where(zero, np.float32(1), scale)
-    q = np.round(w / safe[:, None])
+    q = w / np.where(zero, np.float32(1), scale)[:, None]
+    np.round(q, out=q)
     q[zero] = 0
     return q.astype(np.int8), scale
 
