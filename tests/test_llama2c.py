@@ -181,14 +181,16 @@ def test_directory_with_tokenizer_and_existing_sidecar(tmp_path):
 
 # -- round trips ----------------------------------------------------------------------------------------
 
-def test_v0_safetensors_v0_is_byte_identical(tmp_path):
-    w = weights(HP_GQA, seed=6)
+@pytest.mark.parametrize("tied", [False, True])
+def test_v0_safetensors_v0_is_byte_identical(tmp_path, tied):
+    w = weights(HP_GQA, seed=6, tied=tied)
     write(model_of(w, HP_GQA, sp_tokenizer(384)), tmp_path / "a" / "model.bin")
     assert cli("translate", tmp_path / "a" / "model.bin", tmp_path / "m.safetensors").rc == 0
     r = cli("translate", tmp_path / "m.safetensors", tmp_path / "b" / "model.bin", "--to", "llama2c")
     assert r.rc == 0, r.err
     for name in ("model.bin", "tokenizer.bin"):
         assert read_bytes(tmp_path / "a" / name) == read_bytes(tmp_path / "b" / name), name
+    assert ("output.weight" in open_model(str(tmp_path / "m.safetensors")).tensors) != tied
 
 
 @pytest.mark.parametrize("hp,dtype,version", [(HP_GQA, None, 1), (HP_B, "l2c_q8", 2), (HP_260K, "l2c_q8", 2)])
