@@ -16,8 +16,8 @@ import numpy as np
 from mconv.core.arch.llama import expected_shapes
 from mconv.plugins import Model, Tokenizer, get_dtype, tensor_from_array, tokenizer_from_sentencepiece
 
-#: a tiny GQA model: 8 query heads, 2 kv heads, head size 4
-GQA = dict(n_vocab=96, n_embd=32, n_layer=2, n_head=8, n_head_kv=2, n_ff=88, n_ctx=128, norm_eps=1e-5,
+#: a tiny GQA model: 8 query heads, 2 kv heads, head size 4; n_vocab fits sp_tokenizer()
+GQA = dict(n_vocab=384, n_embd=32, n_layer=2, n_head=8, n_head_kv=2, n_ff=88, n_ctx=128, norm_eps=1e-5,
            rope_theta=10000.0)
 #: a tiny MHA model with a non-default theta and eps
 MHA = dict(n_vocab=80, n_embd=48, n_layer=2, n_head=4, n_head_kv=4, n_ff=128, n_ctx=96, norm_eps=1e-6,
