@@ -42,6 +42,8 @@ def open_model(path: str, fmt: Optional[str] = None, *, hparams: Optional[Mappin
     if arch is not None and not arch[0].table.recognises(model.tensors):
         model.arch = ""  # arrays that are not a model of any known architecture: convertible, not runnable
         arch = None
+    if arch is not None:
+        model.tensors = {n: model.tensors[n] for n in arch[0].table.canonical_order(model.tensors)}
     if check and arch is not None and arch[0].check is not None:
         try:
             arch[0].check(model)

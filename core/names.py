@@ -175,6 +175,22 @@ class NameTable:
                 out.append(row)
         return out
 
+    def canonical_order(self, names: Iterable[str]) -> list[str]:
+        """``names`` in the table's canonical order; unknown names keep their relative order at the end."""
+        names = list(names)
+        present = set(names)
+        n_layer = self.block_count(names)
+        block_rows = [r for r in self.canonical_rows if BID in r]
+        out: list[str] = []
+        for item in self.order.get("canonical", ()):
+            if item == "{blocks}":
+                for b in range(n_layer):
+                    out.extend(n for n in (r.replace(BID, str(b)) for r in block_rows) if n in present)
+            elif item in present:
+                out.append(item)
+        placed = set(out)
+        return out + [n for n in names if n not in placed]
+
     def ordered(self, order_key: str, names: Iterable[str], n_layer: int) -> list[str]:
         """Expand an ``order`` list ("blk.*.x" = every block in turn) restricted to ``names``."""
         present = set(names)
