@@ -209,7 +209,7 @@ class BlockDType(DType):
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        if getattr(cls, "name", None) and not getattr(cls, "abstract", False):
+        if getattr(cls, "name", None) and not cls.__dict__.get("abstract", False):  # abstract is not inherited
             instance = cls()
             if instance.name in TABLE and TABLE[instance.name] != instance:
                 raise UnsupportedError(f"dtype {instance.name!r} is registered twice")
