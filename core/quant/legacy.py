@@ -178,14 +178,20 @@ class Q5_0(_Symmetric):
 # -- Q4_1 / Q5_1: affine, d = (max - min) / (2^bits - 1), m = min ------------------------------------
 
 def _minmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``min = FLT_MAX; max = -FLT_MAX; if (v < min) min = v; if (v > max) max = v;`` (NaN skipped)."""
+    """``min = FLT_MAX; max = -FLT_MAX; if (v < min) min = v; if (v > max) max = v;``: NaN is skipped
+    and among equal values (+0 and -0) the first one stays."""
     lo = x.min(axis=1)
     hi = x.max(axis=1)
-    nan = np.isnan(lo)                          # numpy propagates NaN; C skips it
-    if nan.any():
+    redo = np.isnan(lo) | np.isnan(hi) | (lo == 0) | (hi == 0)   # numpy propagates NaN, picks any zero
+    if redo.any():
         big = np.float32(np.finfo(np.float32).max)
-        lo[nan] = np.where(np.isnan(x[nan]), big, x[nan]).min(axis=1)
-        hi[nan] = np.where(np.isnan(x[nan]), -big, x[nan]).max(axis=1)
+        xr = x[redo]
+        nan = np.isnan(xr)
+        low = np.where(nan, big, xr)
+        high = np.where(nan, -big, xr)
+        rows = np.arange(xr.shape[0])
+        lo[redo] = low[rows, np.argmin(low, axis=1)]          # argmin/argmax: the first of equal values
+        hi[redo] = high[rows, np.argmax(high, axis=1)]
     return lo.astype(F32, copy=False), hi.astype(F32, copy=False)
 
 
