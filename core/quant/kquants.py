@@ -46,6 +46,21 @@ def _seq_sum_nozero(rows: np.ndarray) -> np.ndarray:
     return s
 
 
+def _c_min_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``min = max = x[0]; for i >= 1: if (x[i] < min) min = x[i]; if (x[i] > max) max = x[i];`` over
+    axis 0: a NaN in x[0] sticks, later NaNs are skipped (numpy's min/max propagate every NaN)."""
+    lo = x.min(axis=0)
+    hi = x.max(axis=0)
+    nan = np.isnan(lo)
+    if nan.any():
+        rest = x[1:, nan]
+        first = x[0, nan]
+        big = np.float32(np.inf)
+        lo[nan] = np.where(np.isnan(first), first, np.minimum(first, np.where(np.isnan(rest), big, rest).min(axis=0)))
+        hi[nan] = np.where(np.isnan(first), first, np.maximum(first, np.where(np.isnan(rest), -big, rest).max(axis=0)))
+    return lo, hi
+
+
 def _levels(t: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """MAX(lo, MIN(hi, nearest_int(t))) as float32 (the level is then used as a float operand)."""
     return np.clip(nearest_int(t), lo, hi).astype(F32)
@@ -78,8 +93,7 @@ def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
     """Affine fit x ~ scale*L - the_min with L in 0..nmax, for every column of x (n, S).
     Returns (scale (S,), the_min (S,), L (n, S) float32)."""
     n_max = np.float32(nmax)
-    lo = x.min(axis=0)
-    hi = x.max(axis=0)
+    lo, hi = _c_min_max(x)
     sum_w = _seq_sum_nozero(w)
     sum_x = _seq_sum_nozero(w * x)
     lo = np.minimum(lo, np.float32(0.0))            # if (min > 0) min = 0
@@ -192,8 +206,8 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _max_positive(v: np.ndarray) -> np.ndarray:
-    """``float m = 0; if (v > m) m = v;`` over the last axis."""
-    return np.maximum(v.max(axis=-1), np.float32(0.0)).astype(F32)
+    """``float m = 0; if (v > m) m = v;`` over the last axis (a NaN never wins)."""
+    return np.fmax(np.fmax.reduce(v, axis=-1), np.float32(0.0)).astype(F32)
 
 
 # --------------------------------------------------------------------------------------------------

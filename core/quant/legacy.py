@@ -184,7 +184,7 @@ def _minmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     hi = x.max(axis=1)
     redo = np.isnan(lo) | np.isnan(hi) | (lo == 0) | (hi == 0)   # numpy propagates NaN, picks any zero
     if redo.any():
-        big = np.float32(np.finfo(np.float32).max)
+        big = np.float32(np.inf)
         xr = x[redo]
         nan = np.isnan(xr)
         low = np.where(nan, big, xr)
@@ -192,7 +192,9 @@ def _minmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = np.arange(xr.shape[0])
         lo[redo] = low[rows, np.argmin(low, axis=1)]          # argmin/argmax: the first of equal values
         hi[redo] = high[rows, np.argmax(high, axis=1)]
-    return lo.astype(F32, copy=False), hi.astype(F32, copy=False)
+    # min starts at FLT_MAX and max at -FLT_MAX: a block of +inf keeps min = FLT_MAX (and -inf max = -FLT_MAX)
+    big = np.float32(np.finfo(np.float32).max)
+    return np.minimum(lo, big).astype(F32, copy=False), np.maximum(hi, -big).astype(F32, copy=False)
 
 
 class _Affine(_Legacy):

@@ -12,8 +12,9 @@ It loads ``libggml-base.so`` through ctypes and calls
 with ``imatrix = NULL`` — the path llama-quantize takes without an importance matrix, which ends in
 ``quantize_row_*_ref`` — for Q2_K, Q3_K, Q4_K, Q5_K, Q6_K on deterministic, NaN-free inputs (random
 normal, heavy tails, ties, zeros, tiny/subnormal/large values, constant blocks and sub-blocks,
-outliers), and for the legacy Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 on the same inputs plus inputs with NaN,
-inf and signed zeros (where gguf-py's numpy quantizers and C part ways).
+outliers), and for the legacy Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 on some of them plus inputs with NaN,
+inf and signed zeros (where gguf-py's numpy quantizers and C part ways).  One extra case with NaN and
+inf ("legacy_nonfinite") is also recorded for the K-quants: mconv follows C there too.
 
 Library used for the committed file:
     /work/venvs/llnew/lib/python3.11/site-packages/llama_cpp/lib/libggml-base.so -> libggml-base.so.0.25.3
@@ -109,7 +110,17 @@ def legacy_inputs() -> dict[str, np.ndarray]:
     mixed = rng.standard_normal((4, COLS)).astype(np.float32)
     mixed[:, 32:64] = 0.0
     mixed[:, 64:96] = -0.0
-    return {"nan": x, "inf": inf, "signed_zeros": zeros, "zero_blocks": mixed}
+    # NaN and inf mixed, for the K-quants too (C's comparisons skip NaN; nearest_int reads NaN's bits)
+    nonfinite = (rng.standard_normal((16, COLS)) * rng.choice([1e-3, 1.0, 1e30], (16, 1))).astype(np.float32)
+    nonfinite[rng.random(nonfinite.shape) < 0.02] = np.nan
+    nonfinite[rng.random(nonfinite.shape) < 0.01] = np.inf
+    nonfinite[rng.random(nonfinite.shape) < 0.01] = -np.inf
+    nonfinite[0] = np.nan
+    nonfinite[1, ::16] = np.nan
+    nonfinite[2, ::32] = np.inf
+    nonfinite[3] = np.inf
+    nonfinite[4, :128] = -np.inf
+    return {"nan": x, "inf": inf, "signed_zeros": zeros, "zero_blocks": mixed, "nonfinite": nonfinite}
 
 
 class GGML:
@@ -141,7 +152,7 @@ def build(ggml: GGML) -> dict[str, np.ndarray]:
             arrays[f"{name}/{case}"] = ggml.quantize(name, x)
     for case, x in legacy_inputs().items():
         arrays[f"legacy_in/{case}"] = x
-        for name in LEGACY:
+        for name in LEGACY + (KQUANTS if case == "nonfinite" else []):
             arrays[f"{name}/legacy_{case}"] = ggml.quantize(name, x)
     with open(ggml.path, "rb") as fh:
         digest = hashlib.sha256(fh.read()).hexdigest()
