@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..dtypes import BlockDType
-from .numeric import (F32, all_finite, c_trunc_byte, f16_bits_to_f32, f32_to_f16_bits, first_absmax, in_slices,
-                      roundf, safe_recip)
+from .numeric import (F32, HALF_DOWN, all_finite, c_trunc_byte, f16_bits_to_f32, f32_to_f16_bits, first_absmax,
+                      in_slices, roundf, row_reduce, safe_recip)
 
 QK = 32
 #: blocks per kernel slice: 8192 blocks = 1 MiB of float32 input, small enough to stay in cache
@@ -91,11 +91,13 @@ class _Legacy(BlockDType):
 def _q8_amax(x: np.ndarray) -> tuple[np.ndarray, bool]:
     """``amax = 0; for v: amax = MAX(amax, fabsf(v))`` with MAX(a,b) = a > b ? a : b.
     Returns (amax, finite) where finite says every block was free of NaN and inf."""
-    a = np.abs(x)
-    amax = a.max(axis=1)                       # propagates NaN, the C fold does not
+    # max(max(x), -min(x)) reads x twice but writes no |x| temporary; + 0 turns -0 into +0 (fabsf)
+    amax = row_reduce(np.abs(x), np.maximum)      # NaN/inf propagate
     finite = bool(np.isfinite(amax).all())
     if not finite:
+        a = np.abs(x)
         nan = np.isnan(a)
+        amax = a.max(axis=1)
         bad = nan.any(axis=1)
         if bad.any():
             # a NaN makes the running max NaN, and the next element replaces it: the result is NaN
@@ -115,8 +117,13 @@ class Q8_0(_Legacy):
         amax, finite = _q8_amax(x)
         d = amax / np.float32(127)             # (1 << 7) - 1
         idv = safe_recip(d)
-        r = roundf(x * idv[:, None])           # |r| <= 127 unless a NaN/inf slipped in
-        q = r.astype(np.int8) if finite and all_finite(r) else c_trunc_byte(r).view(np.int8)
+        v = x * idv[:, None]
+        if finite and bool(np.isfinite(idv).all()):
+            # |v| <= 127: roundf(v) = trunc(v + copysign(0.49999997f, v)), and the int8 cast truncates
+            v += np.copysign(HALF_DOWN, v)
+            q = v.astype(np.int8)
+        else:
+            q = c_trunc_byte(roundf(v)).view(np.int8)
         _put_f16(out, 0, d)
         out[:, 2:] = q.view(np.uint8)
 
@@ -133,7 +140,7 @@ class _Symmetric(_Legacy):
 
     def _codes(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         half = 1 << (self.bits - 1)            # 8 or 16
-        _, vmax = first_absmax(x, axis=1)
+        vmax = _first_absmax(x)
         d = vmax / np.float32(-half)
         idv = safe_recip(d)
         v = x * idv[:, None] + np.float32(half + 0.5)   # x*id + 8.5f / 16.5f
@@ -177,11 +184,24 @@ class Q5_0(_Symmetric):
 
 # -- Q4_1 / Q5_1: affine, d = (max - min) / (2^bits - 1), m = min ------------------------------------
 
+def _first_absmax(x: np.ndarray) -> np.ndarray:
+    """``if (amax < fabsf(v)) { amax = fabsf(v); max = v; }`` from amax = max = 0: the signed value of
+    the first element with the largest |v| (NaN never wins), +0 when every |v| is 0."""
+    hi = row_reduce(x, np.maximum)
+    lo = row_reduce(x, np.minimum)
+    vmax = np.where(hi >= -lo, hi, lo)
+    # ties between +a and -a, NaN blocks and all-zero blocks: the exact (slower) rule
+    redo = (hi == -lo) | np.isnan(hi) | np.isnan(lo)
+    if redo.any():
+        vmax[redo] = first_absmax(x[redo], axis=1)[1]
+    return vmax.astype(F32, copy=False)
+
+
 def _minmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``min = FLT_MAX; max = -FLT_MAX; if (v < min) min = v; if (v > max) max = v;``: NaN is skipped
     and among equal values (+0 and -0) the first one stays."""
-    lo = x.min(axis=1)
-    hi = x.max(axis=1)
+    lo = row_reduce(x, np.minimum)
+    hi = row_reduce(x, np.maximum)
     redo = np.isnan(lo) | np.isnan(hi) | (lo == 0) | (hi == 0)   # numpy propagates NaN, picks any zero
     if redo.any():
         big = np.float32(np.inf)
