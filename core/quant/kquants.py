@@ -127,7 +127,7 @@ def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
         this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
         cur = error(this_scale, this_min, laux)
         better = ok & (cur < best) & ~flat
-        L = np.where(better, laux, L)
+        np.copyto(L, laux, where=better)            # (np.where would allocate: much slower)
         best = np.where(better, cur, best)
         scale = np.where(better, this_scale, scale)
         mn = np.where(better, this_min, mn)
@@ -160,7 +160,7 @@ def make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
         factor = -(np.float32(nmax) + np.float32(0.1) * np.float32(step))
         lv, sumlx, suml2 = fit(factor / vmax)
         better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        L = np.where(better, lv + np.float32(nmax), L)
+        np.copyto(L, lv + np.float32(nmax), where=better)
         scale = np.where(better, sumlx / suml2, scale)
         best = np.where(better, scale * sumlx, best)
     scale = np.where(zero, np.float32(0.0), scale).astype(F32)
