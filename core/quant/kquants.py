@@ -217,8 +217,6 @@ def _max_positive(v: np.ndarray) -> np.ndarray:
 class _KQuant(BlockDType):
     abstract = True
     block_size = QK_K
-    #: False for types whose reference quantizer is not ported
-    can_quantize = True
 
     def quantize_blocks(self, blocks: np.ndarray) -> np.ndarray:
         blocks = np.asarray(blocks, dtype=F32)

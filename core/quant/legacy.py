@@ -91,8 +91,7 @@ class _Legacy(BlockDType):
 def _q8_amax(x: np.ndarray) -> tuple[np.ndarray, bool]:
     """``amax = 0; for v: amax = MAX(amax, fabsf(v))`` with MAX(a,b) = a > b ? a : b.
     Returns (amax, finite) where finite says every block was free of NaN and inf."""
-    # max(max(x), -min(x)) reads x twice but writes no |x| temporary; + 0 turns -0 into +0 (fabsf)
-    amax = row_reduce(np.abs(x), np.maximum)      # NaN/inf propagate
+    amax = row_reduce(np.abs(x), np.maximum)      # exact for finite blocks; NaN/inf propagate
     finite = bool(np.isfinite(amax).all())
     if not finite:
         a = np.abs(x)

@@ -56,11 +56,6 @@ def nearest_int(f: np.ndarray) -> np.ndarray:
     return bits
 
 
-def nearest_int_f(f: np.ndarray) -> np.ndarray:
-    """nearest_int as float32 (the kernels mostly need the integer as a float operand)."""
-    return nearest_int(f).astype(F32)
-
-
 def c_trunc_byte(v: np.ndarray) -> np.ndarray:
     """``(int8_t)v`` / ``(uint8_t)v`` of a float32 on x86: truncate toward zero through int32, keep
     the low byte; NaN and |v| >= 2^31 give INT32_MIN, whose low byte is 0.  Returned as uint8 bits."""
