@@ -230,10 +230,10 @@ class BlockDType(DType):
     def encode(self, values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, dtype=F32)
         n_rows, n_cols = values.shape
-        self.row_bytes(n_cols)
+        row_bytes = self.row_bytes(n_cols)
         blocks = np.ascontiguousarray(values).reshape(-1, self.block_size)
         out = self.quantize_blocks(blocks)
-        return np.ascontiguousarray(out, dtype=np.uint8).reshape(n_rows, -1)
+        return np.ascontiguousarray(out, dtype=np.uint8).reshape(n_rows, row_bytes)
 
 
 TABLE: dict[str, DType] = {}

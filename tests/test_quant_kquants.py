@@ -111,3 +111,11 @@ def test_row_not_a_multiple_of_the_block_is_refused() -> None:
     t = tensor_from_array("w", np.zeros((2, 96), np.float32), get_dtype("f32"))
     with pytest.raises(QuantError, match="row of 96 values is not a multiple of the q4_k block size 256"):
         cast(t, get_dtype("q4_k"))
+
+
+@pytest.mark.parametrize("name", KQUANTS + LEGACY)
+def test_zero_rows(name: str) -> None:
+    dt = get_dtype(name)
+    raw = dt.encode(np.zeros((0, 512), np.float32))
+    assert raw.shape == (0, dt.row_bytes(512))
+    assert dt.decode(raw, 512).shape == (0, 512)
