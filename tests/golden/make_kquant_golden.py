@@ -25,7 +25,7 @@ Library used for the committed file:
 File layout (np.savez_compressed): ``in/<case>`` float32 (rows, 256); ``<type>/<case>`` uint8
 (rows, row_bytes) for every type; ``legacy_in/<case>`` and ``<type>/legacy_<case>`` for the
 legacy-only inputs; ``meta`` a JSON string naming the library.  ``--check`` compares mconv's quantizers
-with the library instead of writing.
+(and its dequantizers, against ``dequantize_row_*``) with the library instead of writing.
 """
 
 from __future__ import annotations
@@ -133,6 +133,16 @@ class GGML:
         self.lib.ggml_row_size.restype = ctypes.c_size_t
         self.lib.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
 
+    def dequantize(self, name: str, raw: np.ndarray, n: int) -> np.ndarray:
+        sym = "dequantize_row_" + (name[:-1] + "K" if name.endswith("_k") else name)
+        fn = getattr(self.lib, sym)
+        fn.restype = None
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        raw = np.ascontiguousarray(raw, dtype=np.uint8)
+        out = np.zeros(n, np.float32)
+        fn(raw.ctypes.data, out.ctypes.data, n)
+        return out
+
     def quantize(self, name: str, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         rows, cols = x.shape
@@ -161,6 +171,26 @@ def build(ggml: GGML) -> dict[str, np.ndarray]:
     return arrays
 
 
+def check_dequantize(ggml: GGML) -> int:
+    """dequantize_row_* of random blocks (finite f16 scales) against mconv's dequantizers."""
+    from mconv.core.dtypes import get_dtype
+
+    bad = 0
+    rng = np.random.default_rng(5)
+    for name in KQUANTS + LEGACY:
+        dt = get_dtype(name)
+        raw = rng.integers(0, 256, (4096, dt.type_size), dtype=np.uint8)
+        for off in {"q2_k": [80, 82], "q3_k": [108], "q6_k": [208], "q4_1": [0, 2], "q5_1": [0, 2],
+                    "q4_k": [0, 2], "q5_k": [0, 2]}.get(name, [0]):
+            halves = (rng.standard_normal(4096) * rng.choice([1e-6, 1e-2, 1.0, 1e3], 4096)).astype(np.float16)
+            raw[:, off:off + 2] = halves.view(np.uint8).reshape(-1, 2)
+        expected = ggml.dequantize(name, raw, 4096 * dt.block_size)
+        same = np.array_equal(dt.dequantize_blocks(raw).ravel().view(np.uint32), expected.view(np.uint32))
+        bad += int(not same)
+        print(f"dequantize {name:25s} {'ok' if same else 'DIFFERS'}")
+    return bad
+
+
 def check(arrays: dict[str, np.ndarray]) -> int:
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
     from mconv.core.dtypes import get_dtype
@@ -177,7 +207,7 @@ def check(arrays: dict[str, np.ndarray]) -> int:
         status = "ok" if not blocks.any() else f"{int(blocks.sum())} of {blocks.size} blocks differ"
         bad += int(blocks.any())
         print(f"{key:32s} {status}")
-    return 1 if bad else 0
+    return bad
 
 
 def main() -> int:
@@ -188,7 +218,8 @@ def main() -> int:
     args = ap.parse_args()
     arrays = build(GGML(args.lib))
     if args.check:
-        return check(arrays)
+        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+        return 1 if check(arrays) + check_dequantize(GGML(args.lib)) else 0
     np.savez_compressed(args.out, **arrays)
     print(f"wrote {args.out}: {os.path.getsize(args.out)} bytes, {len(arrays)} arrays")
     return 0
