@@ -217,6 +217,10 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list loaded plugins")
     p.set_defaults(func=cmd_plugins)
 
+    from .commands import add_commands
+
+    add_commands(sub, _add_read_options)
+
     if with_plugins:
         from .registry import get_registry
 
@@ -228,7 +232,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     signal.signal(signal.SIGTERM, _on_sigterm)
-    from .errors import MconvError
+    from .errors import MconvError, ModelsDiffer
 
     try:
         parser = build_parser(with_plugins=True)
@@ -242,6 +246,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.print_help()
             return EXIT_OK
         return int(args.func(args))
+    except ModelsDiffer as e:
+        print(f"mconv: validation failed: {e}", file=sys.stderr)
+        return EXIT_DIFFER
     except MconvError as e:
         return _fail(str(e), debug)
     except BrokenPipeError:
