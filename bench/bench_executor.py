@@ -2,8 +2,9 @@
 
     python bench/bench_executor.py [--prompt 128] [--context 256] [--decode 32] [--repeat 3]
 
-Model: dim 768, hidden 2048, 12 layers, 12 heads (MHA), vocab 32000, untied classifier: 110M
-parameters, 441 MB of f32 weights, built in memory (no file).  Reports:
+Model: dim 768, hidden 2048, 12 layers, 12 heads (MHA), vocab 32000, classifier tied to the
+embedding (llama2.c's stories110M shape): 110M parameters, 441 MB of f32 weights, built in memory
+(no file).  Reports:
 
 * prompt tokens/s: a fresh batch of --prompt tokens (logits of the last position only, as ``run``
   does), best of --repeat;
@@ -37,6 +38,8 @@ def build_model(seed: int = 0) -> Model:
     f32 = get_dtype("f32")
     tensors = {}
     for name, shape in expected_shapes(HPARAMS).items():
+        if name == "output.weight":
+            continue                      # tied: the classifier is token_embd.weight
         if len(shape) == 1:
             values = (1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32))
         else:

@@ -77,7 +77,13 @@ class Context:
             if t is None:
                 raise ValidationError(f"tensor {name} is missing", tensor=name)
             try:
-                w = np.ascontiguousarray(t.f32(), dtype=F32)
+                if t.dtype.name == "f32" and t.numel:
+                    # stored f32 is used in place (a mapped file's pages, no copy) when aligned
+                    w = t.raw().view("<f4").reshape(t.shape)
+                    if not w.flags.c_contiguous or w.ctypes.data % 16 or w.dtype != F32:
+                        w = np.ascontiguousarray(w, dtype=F32)
+                else:
+                    w = np.ascontiguousarray(t.f32(), dtype=F32)
             except MconvError as e:
                 raise e.at(tensor=name)
             self._weights[name] = w

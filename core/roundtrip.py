@@ -44,11 +44,27 @@ class RoundtripResult:
 
     @property
     def ok(self) -> bool:
-        if self.report is not None and not self.report.ok:
-            return False
+        return not self.failures()
+
+    def failures(self) -> list[str]:
+        out = []
         if self.lossless:
-            return not self.tensor_diffs and not self.hparam_diffs and self.tokenizer in ("same", "none")
-        return True
+            if self.tensor_diffs:
+                out.append(f"{len(self.tensor_diffs)} tensor(s) changed")
+            if self.hparam_diffs:
+                out.append(f"{len(self.hparam_diffs)} hparam(s) changed")
+            if self.tokenizer not in ("same", "none"):
+                out.append(f"the tokenizer {self.tokenizer}")
+        if self.report is not None:
+            out.extend(self.report.failures())
+        return out
+
+    def verdict(self) -> str:
+        fails = self.failures()
+        if fails:
+            kind = "lossless" if self.lossless else "lossy"
+            return f"DIFFER ({kind} round trip): " + "; ".join(fails)
+        return "ok: lossless round trip" if self.lossless else "ok: lossy round trip within tolerance"
 
     def lines(self) -> list[str]:
         out = []
@@ -63,9 +79,7 @@ class RoundtripResult:
         if self.report is not None:
             out.append(f"logits: {self.report.summary()}")
             out.append(f"tolerance {self.report.tolerance.describe()}")
-        out.append(("ok: " if self.ok else "DIFFER: ") + ("lossless round trip" if self.lossless else
-                                                          "lossy round trip within tolerance" if self.ok else
-                                                          "beyond tolerance"))
+        out.append(self.verdict())
         return out
 
 

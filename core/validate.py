@@ -1,12 +1,14 @@
 """Prove that two models compute the same function: run both on the same tokens with the reference
 executor and compare their logits position by position.
 
-Tolerances come from ONE table, keyed by the loosest dtype a comparison involves.  A pair of tensors
-whose dtypes are equal, or one an exact widening of the other (f16 -> f32, q8_0 -> f32), holds the
-same values, so a pair of models made only of such tensors must give bit-equal logits (the executor
-is deterministic: same f32 weights, same hparams, same arithmetic).  Otherwise the looser dtype of each
-pair counts, and the loosest over all tensors picks the row.  ``translate --validate`` takes the row
-from the plan instead: a lossless plan demands bit-equal logits.
+Tolerances come from ONE table, keyed by the loosest dtype a comparison involves.  ``mconv validate``
+does not know which of A and B was converted from the other, so it looks at dtypes alone: two models
+whose tensors pair up with equal dtypes must give bit-equal logits (the executor is deterministic:
+same f32 weights, same hparams, same arithmetic); otherwise the looser dtype of each pair counts (f16
+against f32: the f16 row, whichever side holds it) and the loosest pair picks the row.
+``translate --validate`` and ``roundtrip`` know the direction from their plans: a lossless plan (exact
+widenings such as f16 -> f32 or q8_0 -> f32 included) demands bit-equal logits.  ``--tolerance ROW``
+overrides the choice (e.g. to compare an f32 file that went through q4_0 and back with its source).
 
 Exit codes: a comparison beyond tolerance raises :class:`ModelsDiffer` (the CLI exits 1) when it runs
 inside ``translate --validate``; ``mconv validate``/``roundtrip`` print their report and return 1.
@@ -51,20 +53,24 @@ class Tolerance:
 
 
 #: THE tolerance table.  Rows are ordered from strictest to loosest; the loosest row a comparison
-#: involves applies.  Bounds were set from measurements on random and trained tiny llamas (bf16 ~
-#: 2^-8 relative weight error, f16 ~ 2^-11, q8_0 ~ 2^-8, q4_0 ~ 2^-4, per-row max-abs scaled) with
-#: room for larger models, whose logits spread wider.
+#: involves applies.  The bounds leave about 2x room over the worst cases measured with 32 tokens on
+#: the trained demo llama and on random llamas like the tests' (2-6 layers; random weights are the
+#: worst case: no structure absorbs the noise), with ggml-style f16/bf16/q8_0/q5_0/q4_0 rounding
+#: simulated on every matrix — worst (max |Δ| / max |logit|, cosine, top-1): f16 (0.0017, 0.999998,
+#: 0.97), bf16 (0.013, 0.99984, 0.97), q8_0 (0.043, 0.9984, 0.91), q5_0 (0.30, 0.947, 0.59), q4_0
+#: (0.56, 0.75, 0.38).  Wrong conversions (q/k layout, swapped or transposed matrices, wrong theta)
+#: measured cosines below 0.45.  The quantized rows are a sanity check; the lossless row is the proof.
 TOLERANCES: dict[str, Tolerance] = {t.name: t for t in (
-    Tolerance("lossless", 0.0, 1.0, 1.0, "same values (equal dtypes or exact widenings)"),
-    Tolerance("f16", 0.01, 0.9999, 0.90, "IEEE half: 11-bit significand"),
-    Tolerance("q8_0", 0.05, 0.999, 0.80, "8-bit blocks of 32 (also l2c_q8)"),
-    Tolerance("bf16", 0.05, 0.999, 0.80, "bfloat16: 8-bit significand"),
-    Tolerance("q6_k", 0.08, 0.998, 0.75, "6-bit k-quant"),
-    Tolerance("q5", 0.15, 0.995, 0.70, "5-bit blocks: q5_0 q5_1 q5_k"),
-    Tolerance("q4", 0.30, 0.98, 0.60, "4-bit blocks: q4_0 q4_1 q4_k"),
-    Tolerance("f8", 0.40, 0.97, 0.50, "float8 e4m3 / e5m2"),
-    Tolerance("q3_k", 0.50, 0.95, 0.50, "3-bit k-quant"),
-    Tolerance("q2_k", 0.80, 0.90, 0.40, "2-bit k-quant"),
+    Tolerance("lossless", 0.0, 1.0, 1.0, "same values: equal dtypes, or a lossless plan"),
+    Tolerance("f16", 0.01, 0.9999, 0.75, "IEEE half: 11-bit significand"),
+    Tolerance("bf16", 0.05, 0.999, 0.75, "bfloat16: 8-bit significand"),
+    Tolerance("q8_0", 0.10, 0.995, 0.70, "8-bit blocks of 32 (also l2c_q8)"),
+    Tolerance("q6_k", 0.20, 0.98, 0.60, "6-bit k-quant"),
+    Tolerance("q5", 0.50, 0.90, 0.50, "5-bit blocks: q5_0 q5_1 q5_k"),
+    Tolerance("q4", 1.00, 0.60, 0.25, "4-bit blocks: q4_0 q4_1 q4_k"),
+    Tolerance("f8", 1.50, 0.50, 0.20, "float8 e4m3 / e5m2"),
+    Tolerance("q3_k", 1.50, 0.50, 0.20, "3-bit k-quant"),
+    Tolerance("q2_k", 2.00, 0.30, 0.10, "2-bit k-quant"),
 )}
 
 #: dtype name -> row of the table (dtypes not listed: f32/f64 are lossless; other quantized types q4)
@@ -89,7 +95,8 @@ def loosest(rows: Iterable[Tolerance]) -> Tolerance:
 
 
 def same_values(a: DType, b: DType) -> bool:
-    return a == b or b.name in exact_widenings(a) or a.name in exact_widenings(b)
+    """Whether casting from ``a`` to ``b`` keeps every value."""
+    return a == b or b.name in exact_widenings(a)
 
 
 def tolerance_for_models(a: Model, b: Model) -> Tolerance:
@@ -97,7 +104,7 @@ def tolerance_for_models(a: Model, b: Model) -> Tolerance:
     rows = []
     for name, ta in a.tensors.items():
         tb = b.tensors.get(name)
-        if tb is None or same_values(ta.dtype, tb.dtype):
+        if tb is None or ta.dtype == tb.dtype:
             continue
         rows.append(loosest([row_for_dtype(ta.dtype), row_for_dtype(tb.dtype)]))
     return loosest(rows)
@@ -129,7 +136,7 @@ def tolerance_by_name(name: str) -> Tolerance:
 def table_lines() -> list[str]:
     lines = [f"{'row':<9} {'max |Δ| / max |logit|':>22} {'cosine >=':>10} {'top-1 >=':>9}  dtypes"]
     for t in TOLERANCES.values():
-        dts = sorted(d for d, r in DTYPE_ROW.items() if r == t.name) or ["f32 f64 and exact widenings"]
+        dts = sorted(d for d, r in DTYPE_ROW.items() if r == t.name) or ["equal dtypes; lossless plans"]
         bound = "0 (bit-equal)" if t.exact else f"{t.max_rel:g}"
         lines.append(f"{t.name:<9} {bound:>22} {t.min_cosine:>10g} {t.min_top1:>9.0%}  {' '.join(dts)}")
     return lines
