@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from mconv.core import blas
 from mconv.core.executor import Session
 from mconv.core.ir import InMemory, Model, Tensor
 from mconv.core.arch.llama import expected_shapes
@@ -56,7 +57,11 @@ def main() -> int:
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, help="BLAS threads (default: as mconv's commands choose: "
+                    "MCONV_THREADS, else the cores the load average leaves idle)")
     args = ap.parse_args()
+    threads = blas.default_threads() if args.threads is None else args.threads
+    blas.set_threads(threads)
 
     t0 = time.perf_counter()
     model = build_model()
@@ -64,7 +69,7 @@ def main() -> int:
     session = Session(model)
     session.preload()
     print(f"model: {n_params / 1e6:.1f}M parameters, f32, built and decoded in {time.perf_counter() - t0:.1f} s; "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, {blas.get_threads()} BLAS thread(s), load average {os.getloadavg()[0]:.2f}")
     rng = np.random.default_rng(1)
 
     best = float("inf")

@@ -41,9 +41,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.n < 0:
         raise UsageError(f"-n must be 0 (n_ctx) or more, got {args.n}")
 
+    from .blas import tune_threads
     from .generate import generate
     from .sampler import Sampler
 
+    tune_threads()
     model = _open(args.model, args.from_, args)
     sampler = Sampler(args.temperature, args.top_p, args.seed)
 
@@ -111,8 +113,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.a is None or args.b is None:
         raise UsageError("validate needs two models: mconv validate A B")
+    from .blas import tune_threads
     from .validate import check_comparable, tolerance_by_name, tolerance_for_models, validate
 
+    tune_threads()
     if args.tokens is not None and args.tokens < 1:
         raise UsageError(f"--tokens must be at least 1, got {args.tokens}")
     a = _open(args.a, args.from_, args)
@@ -139,9 +143,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # -- roundtrip ----------------------------------------------------------------------------------------
 
 def cmd_roundtrip(args: argparse.Namespace) -> int:
+    from .blas import tune_threads
     from .cli import EXIT_DIFFER, EXIT_OK, _kv_list, _open
     from .errors import UsageError
     from .registry import get_registry
+
+    tune_threads()
     from .roundtrip import roundtrip
     from .validate import default_tokens
 

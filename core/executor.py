@@ -15,12 +15,12 @@ cached and returns their logits; ``reset()`` forgets the cache; ``logits(tokens)
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
 from .errors import MconvError, ValidationError
-from .ir import Graph, Model, Node
+from .ir import CHUNK_BYTES, FileSlice, Graph, Model, Node, Tensor
 
 F32 = np.float32
 Kernel = Callable[..., Any]
@@ -56,38 +56,102 @@ class KVSlot:
         return self.k[:, :need], self.v[:, :need]
 
 
-class Context:
-    """What kernels see: the model's weights (decoded once), the KV cache, the current position."""
+class StreamedWeight:
+    """A 2-D weight whose float32 form does not fit the cache budget: its rows are decoded chunk by
+    chunk (<= 64 MiB) each time an op uses it, and the mapped pages released after each chunk."""
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, tensor: Tensor) -> None:
+        self.tensor = tensor
+        self.shape = tuple(tensor.shape)
+        self.ndim = len(self.shape)
+        self.step = max(1, CHUNK_BYTES // max(1, 4 * tensor.n_cols))
+
+    def chunks(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        t = self.tensor
+        for start in range(0, t.n_rows, self.step):
+            stop = min(t.n_rows, start + self.step)
+            rows = t.f32(start, stop)
+            t.source.release_rows(start, stop)
+            yield start, stop, rows
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        return np.stack([self.tensor.f32(int(i), int(i) + 1)[0] for i in ids]) if ids.size else \
+            np.zeros((0, self.shape[1]), F32)
+
+
+def total_memory() -> int:
+    """MemTotal from /proc/meminfo (bytes); 16 GiB where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 16 << 30
+
+
+def _in_place(t: Tensor) -> bool:
+    return t.dtype.name == "f32" and isinstance(t.source, FileSlice)
+
+
+class Context:
+    """What kernels see: the model's weights (decoded once), the KV cache, the current position.
+
+    Weights stored as f32 in a mapped file are used in place.  Others are decoded to float32 once and
+    kept, unless their float32 total exceeds ``cache_bytes`` (default: half the machine's memory):
+    then every 2-D weight is streamed (:class:`StreamedWeight`), so a model much larger than memory in
+    float32 (a quantized 7B) still runs, decoding its rows at every use.  The choice depends on the
+    model alone (all or nothing, not on free memory at the time), so two models with the same dtypes
+    take the same path and lossless comparisons stay bit-exact (chunked products round differently).
+    """
+
+    def __init__(self, model: Model, cache_bytes: Optional[int] = None) -> None:
         self.model = model
         self.pos = 0
         self.cache: dict[str, KVSlot] = {}
-        self._weights: dict[str, np.ndarray] = {}
+        self._weights: dict[str, Any] = {}
         self._rope: dict[tuple[float, int], tuple[np.ndarray, np.ndarray]] = {}
+        self.cache_bytes = total_memory() // 2 if cache_bytes is None else cache_bytes
+        self._stream: Optional[bool] = None
+
+    @property
+    def streaming(self) -> bool:
+        if self._stream is None:
+            decoded = sum(4 * t.numel for t in self.model.tensors.values()
+                          if len(t.shape) == 2 and not _in_place(t))
+            self._stream = decoded > self.cache_bytes
+        return self._stream
 
     def has_weight(self, name: str) -> bool:
         return name in self._weights or name in self.model.tensors
 
-    def weight(self, name: str) -> np.ndarray:
-        """The float32 values of a model tensor, C-contiguous, decoded on first use."""
+    def weight(self, name: str) -> Any:
+        """The float32 values of a model tensor (C-contiguous ndarray), decoded on first use; or a
+        :class:`StreamedWeight` when it does not fit the cache budget."""
         w = self._weights.get(name)
         if w is None:
             t = self.model.tensors.get(name)
             if t is None:
                 raise ValidationError(f"tensor {name} is missing", tensor=name)
             try:
-                if t.dtype.name == "f32" and t.numel:
-                    # stored f32 is used in place (a mapped file's pages, no copy) when aligned
-                    w = t.raw().view("<f4").reshape(t.shape)
-                    if not w.flags.c_contiguous or w.ctypes.data % 16 or w.dtype != F32:
-                        w = np.ascontiguousarray(w, dtype=F32)
-                else:
-                    w = np.ascontiguousarray(t.f32(), dtype=F32)
+                w = self._load(t)
             except MconvError as e:
                 raise e.at(tensor=name)
             self._weights[name] = w
         return w
+
+    def _load(self, t: Tensor) -> Any:
+        if _in_place(t) and t.numel:
+            # stored f32 in a mapped file is used where it lies (no copy)
+            w = t.raw().view("<f4").reshape(t.shape)
+            if w.flags.c_contiguous and w.flags.aligned:
+                return w
+        elif len(t.shape) == 2 and self.streaming:
+            return StreamedWeight(t)
+        if t.dtype.name == "f32" and t.numel:
+            return np.ascontiguousarray(t.raw().view("<f4").reshape(t.shape), dtype=F32)
+        return np.ascontiguousarray(t.f32(), dtype=F32)
 
     def kv_slot(self, slot: str, n_head_kv: int, head_dim: int) -> KVSlot:
         s = self.cache.get(slot)
@@ -117,11 +181,13 @@ class Context:
 # kernels
 # ==================================================================================================
 
-def op_embedding(ctx: Context, tokens: np.ndarray, table: np.ndarray) -> np.ndarray:
+def op_embedding(ctx: Context, tokens: np.ndarray, table: Any) -> np.ndarray:
     ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
     if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
         bad = int(ids[(ids < 0) | (ids >= table.shape[0])][0])
         raise ValidationError(f"token id {bad} is outside the vocabulary of {table.shape[0]} tokens")
+    if isinstance(table, StreamedWeight):
+        return table.take(ids)
     return table[ids]
 
 
@@ -131,9 +197,14 @@ def op_rms_norm(ctx: Context, x: np.ndarray, w: np.ndarray, *, eps: float) -> np
     return (x * (F32(1.0) / np.sqrt(ms + F32(eps)))) * w
 
 
-def op_matmul(ctx: Context, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+def op_matmul(ctx: Context, x: np.ndarray, w: Any) -> np.ndarray:
     """x (T, in) times the rows of w (out, in): x @ w.T, which numpy hands to sgemm as a transposed
-    operand without copying it."""
+    operand without copying it (a streamed weight: one product per chunk of rows)."""
+    if isinstance(w, StreamedWeight):
+        out = np.empty((x.shape[0], w.shape[0]), F32)
+        for start, stop, rows in w.chunks():
+            np.matmul(x, rows.T, out=out[:, start:stop])
+        return out
     return np.matmul(x, w.T)
 
 
@@ -324,7 +395,7 @@ class Session:
     """A model ready to run: its graph, op table, decoded weights and KV cache."""
 
     def __init__(self, model: Model, *, graph: Optional[Graph] = None,
-                 ops: Optional[Mapping[str, Kernel]] = None) -> None:
+                 ops: Optional[Mapping[str, Kernel]] = None, cache_bytes: Optional[int] = None) -> None:
         self.model = model
         if graph is None:
             arch = architecture_of(model)
@@ -342,7 +413,7 @@ class Session:
         check_ops(graph, table)
         self.graph = graph
         self.ops = table
-        self.ctx = Context(model)
+        self.ctx = Context(model, cache_bytes)
         n_vocab = model.hparams.get("n_vocab")
         self.n_vocab = int(n_vocab) if n_vocab else None
 

@@ -39,6 +39,9 @@ _NO_SCORE = float(np.float32(-1e10))
 
 class TextCodec:
     def __init__(self, tok: Tokenizer) -> None:
+        if tok.model != "llama":
+            raise UsageError(f"text is encoded for SentencePiece-style (llama) vocabularies; this model's "
+                             f"tokenizer is {tok.model!r}")
         self.tok = tok
         self.bos_id = tok.bos_id if tok.bos_id is not None else (1 if len(tok) > 1 else None)
         self.eos_id = tok.eos_id

@@ -312,8 +312,10 @@ def translate_check(model: Model, fmt: Any, args: Any) -> Callable[[str, Any], N
     :class:`ModelsDiffer` (exit 1); the output is then removed, not committed."""
 
     def check(temp_path: str, plan: Any) -> None:
+        from .blas import tune_threads
         from .format import ReadContext
 
+        tune_threads()
         # hparams the target cannot store but its loaders take at load time are given at load time
         given = {k: model.hparams[k] for k in getattr(fmt, "load_time_hparams", {}) if k in model.hparams}
         back = fmt.read(temp_path, ReadContext(hparams=given))

@@ -185,3 +185,23 @@ def test_plugin_architecture_with_custom_op_runs(monkeypatch: pytest.MonkeyPatch
 def test_model_of_unregistered_architecture_is_refused() -> None:
     with pytest.raises(ValidationError, match="no registered architecture 'mamba' can execute this model"):
         Session(Model("mamba", {}, {}))
+
+
+def test_weights_beyond_the_cache_budget_are_streamed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mconv.core import executor
+
+    monkeypatch.setattr(executor, "CHUNK_BYTES", 1000)        # chunks of 3 rows of 64 or 96 floats
+    model = random_model(GQA4, dtype="f16", seed=4)
+    tokens = np.arange(1, 70) % GQA4["n_vocab"]
+    cached = Session(model)
+    streamed = Session(model, cache_bytes=0)
+    want = cached.logits(tokens)
+    got = streamed.logits(tokens)
+    assert not cached.ctx.streaming and streamed.ctx.streaming
+    w = streamed.ctx.weight("blk.0.attn_q.weight")
+    assert isinstance(w, executor.StreamedWeight) and w.step == 3
+    assert isinstance(streamed.ctx.weight("blk.0.attn_norm.weight"), np.ndarray)   # 1-D: always decoded
+    assert np.abs(got - want).max() <= 1e-5
+    streamed.reset()
+    steps = np.concatenate([streamed.forward([t]) for t in tokens[:5]])
+    assert np.abs(steps - want[:5]).max() <= 1e-5
