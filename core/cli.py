@@ -203,7 +203,8 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--allow-lossy", action="store_true", help="accept value-changing steps")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("--validate", action="store_true",
-                   help="re-read the output and compare logits with the source before committing it")
+                   help="re-read the output and compare logits with the source before committing it "
+                   "(beyond tolerance: nothing is written, exit 1)")
     p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("inspect", help="show format, hparams, tokenizer and tensors (reads headers only)")
