@@ -229,7 +229,8 @@ def choose_dtype(model: Model, t: Tensor, request: str) -> Optional[DType]:
         return get_dtype("f32")
     ft = FTYPES.get(key)
     if ft is None:                                     # a block type llama.cpp has no ftype for
-        return _fallback(base.name, t.n_cols)
+        # (a parametric variant such as l2c_q8@32 is kept as asked when its blocks fit the row)
+        return base if t.n_cols % base.block_size == 0 else _fallback(base.name, t.n_cols)
     if not _allows_quantization(t.name):
         return t.dtype                                 # llama.cpp copies it unchanged
     return _fallback(_llama_type(model, t, ft), t.n_cols)
