@@ -25,6 +25,8 @@ from .format import Format, head_of
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "mconv.core.arch.llama",
     "mconv.formats.safetensors",
+    "mconv.formats.gguf",
+    "mconv.formats.ggml",
 )
 
 ENTRY_POINT_GROUP = "mconv"
