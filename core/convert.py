@@ -39,6 +39,11 @@ def open_model(path: str, fmt: Optional[str] = None, *, hparams: Optional[Mappin
         model.files = (os.path.abspath(path),)
     model.history.insert(0, Step("read", f"{f.name}: {path}"))
     arch = reg.architectures.get(model.arch)
+    if arch is not None and not arch[0].table.recognises(model.tensors):
+        model.arch = ""  # arrays that are not a model of any known architecture: convertible, not runnable
+        arch = None
+    if arch is not None:
+        model.tensors = {n: model.tensors[n] for n in arch[0].table.canonical_order(model.tensors)}
     if check and arch is not None and arch[0].check is not None:
         try:
             arch[0].check(model)

@@ -103,6 +103,6 @@ def resolve(model: Model, table: NameTable, layers: Sequence[tuple[str, Mapping[
     for k in list(values):
         model.set_hparam(k, values[k], origin[k])
     missing = [k for k in required if k not in model.hparams]
-    if missing and model.tensors:
+    if missing and table.recognises(model.tensors):
         raise FormatError(f"hparam {missing[0]} is not stored in the file or a sidecar and cannot be inferred "
                           f"from tensor shapes; give it with --hparam {missing[0]}=N")

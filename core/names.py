@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -24,6 +24,8 @@ class HParamSpec:
     type: str                       # "int" | "float"
     names: Mapping[str, str]        # convention -> key in that convention
     gguf_type: Optional[str] = None
+    #: convention -> values that mean "not given" there
+    unset: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def coerce(self, value: Any, where: str) -> Any:
         try:
@@ -107,7 +109,8 @@ class NameTable:
         self.order: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in (data.get("order") or {}).items()}
         self.hparams: tuple[HParamSpec, ...] = tuple(
             HParamSpec(key=h["key"], type=h["type"], gguf_type=h.get("gguf_type"),
-                       names={c: h[c] for c in h if c not in ("key", "type", "gguf_type")})
+                       unset={c: tuple(v) for c, v in (h.get("unset") or {}).items()},
+                       names={c: h[c] for c in h if c not in ("key", "type", "gguf_type", "unset")})
             for h in data.get("hparams", ()))
         self.hparam_by_key = {h.key: h for h in self.hparams}
         self.infer: dict[str, tuple[str, int]] = {k: (v[0], int(v[1])) for k, v in (data.get("infer") or {}).items()}
@@ -154,6 +157,11 @@ class NameTable:
                 best, best_score = conv, score
         return best, best_score
 
+    def recognises(self, canonical_names: Iterable[str]) -> bool:
+        """Whether any of these canonical names is a tensor of this architecture (a bag of unrelated
+        arrays is still readable, but has no hparams to require and nothing to execute)."""
+        return any(self.to_canonical(n, "gguf") is not None for n in canonical_names)
+
     def block_count(self, canonical_names: Iterable[str]) -> int:
         ids = {int(m.group(1)) for n in canonical_names for m in [re.match(r"blk\.(\d+)\.", n)] if m}
         return max(ids) + 1 if ids else 0
@@ -166,6 +174,22 @@ class NameTable:
             else:
                 out.append(row)
         return out
+
+    def canonical_order(self, names: Iterable[str]) -> list[str]:
+        """``names`` in the table's canonical order; unknown names keep their relative order at the end."""
+        names = list(names)
+        present = set(names)
+        n_layer = self.block_count(names)
+        block_rows = [r for r in self.canonical_rows if BID in r]
+        out: list[str] = []
+        for item in self.order.get("canonical", ()):
+            if item == "{blocks}":
+                for b in range(n_layer):
+                    out.extend(n for n in (r.replace(BID, str(b)) for r in block_rows) if n in present)
+            elif item in present:
+                out.append(item)
+        placed = set(out)
+        return out + [n for n in names if n not in placed]
 
     def ordered(self, order_key: str, names: Iterable[str], n_layer: int) -> list[str]:
         """Expand an ``order`` list ("blk.*.x" = every block in turn) restricted to ``names``."""
@@ -190,6 +214,8 @@ class NameTable:
         for spec in self.hparams:
             own = self.hparam_key(spec.key, convention)
             if own is not None and own in values and values[own] is not None:
+                if values[own] in spec.unset.get(convention, ()):
+                    continue
                 out[spec.key] = spec.coerce(values[own], f"{where} ({own})")
         return out
 

@@ -76,6 +76,7 @@ DEFAULT_SEED = 1337
 DEFAULT_STEPS = 1500
 NUM_THREADS = 2
 PROMPT = "Return the"
+EXTRA_PROMPTS = ("Create a", "If the", "This module")
 
 # Directory names that are never descended into while collecting docstrings.
 SKIP_DIRS = frozenset(
@@ -545,10 +546,13 @@ def write_record(
     result: TrainResult,
     n_params: int,
     prompt_ids: list[int],
-    sample: str,
+    samples: dict[str, str],
     command: str,
     total_seconds: float,
 ) -> None:
+    other_samples = "\n\n".join(
+        f"`{p}`:\n\n```\n{text}\n```" for p, text in samples.items() if p != PROMPT
+    )
     tok_opts = "\n".join(f"- `{k}` = `{v!r}`" for k, v in TOKENIZER_OPTIONS.items())
     files = "\n".join(
         f"- `{p.name}`: {p.stat().st_size} bytes, sha256 `{hashlib.sha256(p.read_bytes()).hexdigest()}`"
@@ -604,12 +608,16 @@ pairs (Meta layout), GQA with kv head = h // (n_heads // n_kv_heads).
 
 ## Sample
 
-Greedy decoding, bf16 weights upcast to float32, prompt `{PROMPT}`
-(ids with BOS: `{prompt_ids}`):
+Greedy decoding (stops at `</s>` or after 64 tokens), bf16 weights upcast to
+float32, prompt `{PROMPT}` (ids with BOS: `{prompt_ids}`):
 
 ```
-{sample}
+{samples[PROMPT]}
 ```
+
+Other prompts, same decoding:
+
+{other_samples}
 
 `reference_logits.npy` holds the float32 logits, shape ({len(prompt_ids)}, {margs.vocab_size}),
 for those ids computed in float32 from the bf16-rounded weights.
@@ -698,13 +706,15 @@ def main(argv: list[str] | None = None) -> int:
         tops = ", ".join(f"{sp.id_to_piece(int(i))!r}:{float(v):.3f}" for v, i in zip(top.values, top.indices))
         print(f"  pos {pos} ({sp.id_to_piece(prompt_ids[pos])!r}): {row[:8].numpy()} ... top5 {tops}")
 
-    sample_ids = greedy_sample(ref, prompt_ids, max_new=64, eos=sp.eos_id())
-    sample = sp.decode(sample_ids[1:])
-    print(f"sample (greedy, bf16 weights):\n{sample}\n", flush=True)
+    samples: dict[str, str] = {}
+    for prompt in (PROMPT, *EXTRA_PROMPTS):
+        ids = greedy_sample(ref, [sp.bos_id(), *sp.encode(prompt)], max_new=64, eos=sp.eos_id())
+        samples[prompt] = sp.decode(ids[1:])
+        print(f"sample (greedy, bf16 weights) for {prompt!r}:\n{samples[prompt]}\n", flush=True)
 
     total_seconds = time.perf_counter() - t_start
     write_record(
-        out, corpus, len(stream), margs, cfg, result, n_params, prompt_ids, sample, command, total_seconds
+        out, corpus, len(stream), margs, cfg, result, n_params, prompt_ids, samples, command, total_seconds
     )
     print(f"wrote {out} in {total_seconds:.1f}s total", flush=True)
     return 0

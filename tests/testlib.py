@@ -14,10 +14,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from mconv.core.arch.llama import expected_shapes
-from mconv.plugins import Model, Tokenizer, get_dtype, tensor_from_array, tokenizer_from_sentencepiece
+from mconv.plugins import Model, Tokenizer, get_dtype, table, tensor_from_array, tokenizer_from_sentencepiece
 
-#: a tiny GQA model: 8 query heads, 2 kv heads, head size 4
-GQA = dict(n_vocab=96, n_embd=32, n_layer=2, n_head=8, n_head_kv=2, n_ff=88, n_ctx=128, norm_eps=1e-5,
+#: a tiny GQA model: 8 query heads, 2 kv heads, head size 4; n_vocab fits sp_tokenizer()
+GQA = dict(n_vocab=384, n_embd=32, n_layer=2, n_head=8, n_head_kv=2, n_ff=88, n_ctx=128, norm_eps=1e-5,
            rope_theta=10000.0)
 #: a tiny MHA model with a non-default theta and eps
 MHA = dict(n_vocab=80, n_embd=48, n_layer=2, n_head=4, n_head_kv=4, n_ff=128, n_ctx=96, norm_eps=1e-6,
@@ -25,10 +25,13 @@ MHA = dict(n_vocab=80, n_embd=48, n_layer=2, n_head=4, n_head_kv=4, n_ff=128, n_
 
 
 def random_weights(hparams: dict[str, Any], seed: int = 0, tied: bool = False) -> dict[str, np.ndarray]:
-    """Canonical name -> float32 values, scaled like a trained model (norms near 1, matrices ~1/sqrt(in))."""
+    """Canonical name -> float32 values in canonical order, scaled like a trained model (norms near 1,
+    matrices ~1/sqrt(in))."""
     rng = np.random.default_rng(seed)
     out = {}
-    for name, shape in expected_shapes(hparams).items():
+    shapes = expected_shapes(hparams)
+    for name in table("llama").canonical_order(shapes):
+        shape = shapes[name]
         if tied and name == "output.weight":
             continue
         if len(shape) == 1:

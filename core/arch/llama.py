@@ -51,6 +51,9 @@ def check_model(model: Model) -> None:
                               "do not divide evenly")
     if (hp["n_embd"] // hp["n_head"]) % 2:
         raise ValidationError(f"head size {hp['n_embd'] // hp['n_head']} is odd; RoPE rotates pairs")
+    if model.tokenizer is not None and len(model.tokenizer) > hp["n_vocab"]:
+        raise ValidationError(f"the tokenizer has {len(model.tokenizer)} tokens but the embedding only "
+                              f"{hp['n_vocab']} rows")
     optional = table(model.arch).optional
     for name, shape in expected_shapes(hp).items():
         t = model.tensors.get(name)
