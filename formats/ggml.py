@@ -55,7 +55,7 @@ from mconv.plugins import (
 
 from ._binary import Cursor, pad_to
 from ._ggml_types import (
-    GGML_TYPE_TO_DTYPE,
+    GGML_TYPE_NAMES,
     dtype_for_ggml_type,
     ftype_label,
     ggml_type_for_dtype,
@@ -218,15 +218,15 @@ def _read_tensors(cur: Cursor, mapped: Any, variant: str, version: int) -> list[
         if name in seen:
             raise cur.error(f"duplicate tensor name {name!r}", at)
         seen.add(name)
-        if type_id not in LEGACY_TYPES:
-            if type_id in GGML_TYPE_TO_DTYPE or type_id in (4, 5, 9):
-                raise cur.error(f"tensor {name!r} has ggml type {ggml_type_label(type_id)} ({type_id}), which "
-                                "legacy llama files do not hold", at)
-            raise cur.error(f"tensor {name!r} has unknown ggml type {type_id}", at)
         if type_id > 1 and (variant != "ggjt" or version < 3):
             raise cur.error(f"tensor {name!r} is {ggml_type_label(type_id)} in a {label} file: quantized blocks "
                             "before ggjt v3 have another layout (f32 scales; before ggjt v2 also interleaved "
                             "nibbles), which mconv does not read; convert from unquantized weights instead", at)
+        if type_id not in LEGACY_TYPES:
+            if type_id in GGML_TYPE_NAMES:
+                raise cur.error(f"tensor {name!r} has ggml type {ggml_type_label(type_id)} ({type_id}), which "
+                                f"{label} files do not hold", at)
+            raise cur.error(f"tensor {name!r} has unknown ggml type {type_id}", at)
         try:
             dt = dtype_for_ggml_type(type_id, name)
         except MconvError as e:
