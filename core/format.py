@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Optional
 
 from .errors import UsageError
-from .ir import FileCache, Model
+from .ir import FileCache, Model, Tensor
 
 
 #: sniff confidences of directory inputs, encoding DESIGN's precedence: safetensors index >
@@ -115,6 +115,12 @@ class Format:
 
     def write(self, model: Model, path: str, ctx: WriteContext) -> None:
         raise NotImplementedError
+
+    def dtypes_for(self, t: Tensor) -> frozenset[str]:
+        """The dtype names this format stores for tensor ``t`` (default: all of ``dtypes``).  A format
+        whose loaders need some tensors in particular types narrows this; the planner then widens
+        those tensors losslessly (GGUF/ggjt: 1-D norms in f32, as llama.cpp multiplies only by f32)."""
+        return self.dtypes
 
     def plan_losses(self, model: Model, ctx: WriteContext) -> list["Loss"]:  # noqa: F821
         """Format-specific losses beyond dtypes/hparams/tokenizer (core adds those)."""

@@ -62,22 +62,26 @@ class Plan:
 
 
 def _target_dtype(model: Model, t: Tensor, fmt: Format, request: Optional[str]) -> tuple[DType, Optional[Loss]]:
+    allowed = fmt.dtypes_for(t)
     if request is not None:
         wanted = policy.choose_dtype(model, t, request)
         if wanted is not None:
             if wanted.name not in fmt.dtypes:
                 raise UnsupportedError(f"format {fmt.name} cannot store {wanted.name} "
                                        f"(it stores {', '.join(sorted(fmt.dtypes))})")
+            if wanted.name not in allowed:
+                # the format stores this type, but not for this tensor: take its nearest exact widening
+                wanted = next((get_dtype(n) for n in exact_widenings(wanted) if n in allowed), wanted)
             if wanted == t.dtype or wanted.name in exact_widenings(t.dtype):
                 return wanted, None
             return wanted, Loss("dtype", t.name, f"{t.dtype.name} -> {wanted.name}", CONSENTED)
-    if t.dtype.name in fmt.dtypes:
+    if t.dtype.name in allowed:
         return t.dtype, None
     for name in exact_widenings(t.dtype):
-        if name in fmt.dtypes:
+        if name in allowed:
             return get_dtype(name), None
-    fallback = "f32" if (t.dtype.is_float or t.dtype.is_quantized) else "i64" if "i64" in fmt.dtypes else "i32"
-    if fallback not in fmt.dtypes:
+    fallback = "f32" if (t.dtype.is_float or t.dtype.is_quantized) else "i64" if "i64" in allowed else "i32"
+    if fallback not in allowed:
         raise UnsupportedError(f"format {fmt.name} cannot store {t.dtype.name} tensors", tensor=t.name)
     return get_dtype(fallback), Loss("dtype", t.name, f"{t.dtype.name} -> {fallback}: {fmt.name} has no "
                                      f"{t.dtype.name} and no type that holds its values exactly", LOSSY)

@@ -393,6 +393,9 @@ class GGMLFormat(Format):
     description = "legacy llama.cpp files: reads ggml, ggmf v1, ggjt v1-v3; writes ggjt v3"
     dtypes = frozenset({"f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k",
                         "q6_k"})
+    #: ggjt-era llama.cpp multiplies by 1-D weights (norms) only in f32: f16 ones give garbage logits
+    #: (checked with llama-cpp-python 0.1.78), and the old convert.py always wrote them as f32
+    dtypes_1d = frozenset({"f32"})
     stored_hparams = frozenset({"n_vocab", "n_embd", "n_head", "n_layer", "n_ff"})
     load_time_hparams = {
         "n_head_kv": "n_gqa = n_head / n_head_kv (llama-cpp-python 0.1.78: Llama(n_gqa=...))",
@@ -409,6 +412,9 @@ class GGMLFormat(Format):
 
     def read(self, path: str, ctx: ReadContext) -> Model:
         return read_ggml(path, ctx)
+
+    def dtypes_for(self, t: Tensor) -> frozenset[str]:
+        return self.dtypes_1d if len(t.shape) <= 1 else self.dtypes
 
     def write(self, model: Model, path: str, ctx: WriteContext) -> None:
         write_ggjt(model, path, ctx)

@@ -670,6 +670,10 @@ class GGUFFormat(Format):
     description = "GGUF v3 (llama.cpp, ollama, LM Studio); reads v2 too"
     dtypes = frozenset({"f32", "f16", "bf16", "f64", "i8", "i16", "i32", "i64", "q8_0", "q4_0", "q4_1", "q5_0",
                         "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"})
+    #: llama.cpp multiplies activations by 1-D weights (norms) only in f32: f16/bf16 ones abort it
+    #: ("binary_op: unsupported types"), so they are widened, as llama.cpp's converters do
+    dtypes_1d = dtypes - {"f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k",
+                          "q6_k"}
     writer_options = {
         "alignment": WriterOption("alignment", _parse_alignment, DEFAULT_ALIGNMENT,
                                   "data alignment in bytes (a power of two; written as general.alignment)"),
@@ -680,6 +684,9 @@ class GGUFFormat(Format):
 
     def read(self, path: str, ctx: ReadContext) -> Model:
         return read_gguf(path, ctx)
+
+    def dtypes_for(self, t: Tensor) -> frozenset[str]:
+        return self.dtypes_1d if len(t.shape) <= 1 else self.dtypes
 
     def write(self, model: Model, path: str, ctx: WriteContext) -> None:
         write_gguf(model, path, ctx)

@@ -149,6 +149,8 @@ def test_gguf_ggml_gguf_round_trip(tmp_path):
     res = cli("translate", tmp_path / "b.bin", tmp_path / "c" / "a.gguf", "--hparam", "norm_eps=1e-6",
               "--hparam", "rope_theta=500000", "--hparam", "n_ctx=96")
     assert res.rc == 0, res.err
+    b = open_model(str(tmp_path / "b.bin"))
+    assert {(len(t.shape), t.dtype.name) for t in b.tensors.values()} == {(1, "f32"), (2, "f16")}
     a, c = open_model(str(gg)), open_model(str(tmp_path / "c" / "a.gguf"))
     assert_same_tensors(a, c, list(a.tensors))
     assert a.hparams == c.hparams

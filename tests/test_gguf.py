@@ -83,10 +83,14 @@ def test_gguf_py_reads_mconv_output(tmp_path, dtype):
     assert [t.name for t in r.tensors] == list(src.tensors)
     for rt in r.tensors:
         t = src.tensors[rt.name]
-        assert rt.tensor_type == {"f32": GT.F32, "f16": GT.F16, "bf16": GT.BF16}[dtype]
         assert rt.shape.tolist() == list(reversed(t.shape))
         assert rt.data_offset % 32 == 0
-        assert np.asarray(rt.data).tobytes() == t.tobytes(), rt.name
+        if len(t.shape) == 1:
+            # llama.cpp multiplies by norms only in f32: 1-D tensors are widened (exactly)
+            assert rt.tensor_type == GT.F32 and np.asarray(rt.data).tobytes() == t.f32().tobytes(), rt.name
+        else:
+            assert rt.tensor_type == {"f32": GT.F32, "f16": GT.F16, "bf16": GT.BF16}[dtype]
+            assert np.asarray(rt.data).tobytes() == t.tobytes(), rt.name
     # every tensor at the running padded offset, and the file padded after the last one
     offsets = [rt.data_offset - r.data_offset for rt in r.tensors]
     sizes = [-(-rt.n_bytes // 32) * 32 for rt in r.tensors]
@@ -100,7 +104,9 @@ def test_writer_is_deterministic_and_round_trips_itself(tmp_path):
     m = open_model(str(a))
     assert m.hparams == src.hparams and set(m.hparam_origin.values()) == {"gguf metadata"}
     assert m.tokenizer.same_as(src.tokenizer) and m.tokenizer.add_bos is True and m.tokenizer.add_eos is False
-    assert_same_tensors(src, m)
+    for name, t in src.tensors.items():
+        assert m.tensors[name].dtype.name == ("f32" if len(t.shape) == 1 else "f16")
+        assert np.array_equal(m.tensors[name].numpy(), t.numpy().astype(m.tensors[name].numpy().dtype))
     b = tmp_path / "b" / "a.gguf"   # same name: general.name is the same
     write_model(m, str(b), fmt(), quiet=True)
     assert a.read_bytes() == b.read_bytes()
@@ -175,7 +181,7 @@ def _gguf_py_model(path, version_kvs=True):
     for name, arr in extras.items():
         w.add_tensor(name, arr)
     bf16 = (np.arange(8, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
-    w.add_tensor("x.bf16", bf16, raw_dtype=GT.BF16)
+    w.add_tensor("x.bf16", bf16.reshape(2, 4), raw_dtype=GT.BF16)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -364,3 +370,19 @@ def test_1d_f16_file_type_and_extra_tensors(tmp_path):
     assert _field(r, "general.file_type") == ([VT.UINT32], 1)
     m = open_model(str(path))
     assert "rope_freqs.weight" not in m.tensors   # the naming table ignores it for llama
+
+
+def test_1d_tensors_are_written_f32(tmp_path):
+    """llama.cpp aborts on f16/bf16 norm weights ("binary_op: unsupported types"): 1-D tensors are
+    widened to f32 (exactly), also under an explicit --dtype f16."""
+    src = _st(tmp_path, random_model(GQA, dtype="bf16", seed=1, tokenizer=sp_tokenizer()))
+    res = cli("translate", src, tmp_path / "a.gguf")
+    assert res.rc == 0, res.err
+    assert "  dtype: 5 tensor(s) bf16 -> f32 (widened losslessly)\n" in res.out
+    res = cli("translate", tmp_path / "a.gguf", tmp_path / "b.gguf", "--dtype", "f16")
+    assert res.rc == 0, res.err
+    assert "  dtype: 16 tensor(s) bf16 -> f16 (converted)\n" in res.out
+    m = open_model(str(tmp_path / "b.gguf"))
+    assert {n: t.dtype.name for n, t in m.tensors.items() if len(t.shape) == 1} == {
+        n: "f32" for n, t in m.tensors.items() if len(t.shape) == 1}
+    assert {t.dtype.name for t in m.tensors.values() if len(t.shape) == 2} == {"f16"}
