@@ -203,7 +203,8 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--allow-lossy", action="store_true", help="accept value-changing steps")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("--validate", action="store_true",
-                   help="re-read the output and compare logits with the source before committing it")
+                   help="re-read the output and compare logits with the source before committing it "
+                   "(beyond tolerance: nothing is written, exit 1)")
     p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("inspect", help="show format, hparams, tokenizer and tensors (reads headers only)")
@@ -217,6 +218,10 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list loaded plugins")
     p.set_defaults(func=cmd_plugins)
 
+    from .commands import add_commands
+
+    add_commands(sub, _add_read_options)
+
     if with_plugins:
         from .registry import get_registry
 
@@ -228,7 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     signal.signal(signal.SIGTERM, _on_sigterm)
-    from .errors import MconvError
+    from .errors import MconvError, ModelsDiffer
 
     try:
         parser = build_parser(with_plugins=True)
@@ -242,6 +247,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.print_help()
             return EXIT_OK
         return int(args.func(args))
+    except ModelsDiffer as e:
+        print(f"mconv: validation failed: {e}", file=sys.stderr)
+        return EXIT_DIFFER
     except MconvError as e:
         return _fail(str(e), debug)
     except BrokenPipeError:

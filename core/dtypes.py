@@ -81,11 +81,17 @@ def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     NaN (|u| > 0x7f800000) keeps sign and payload and is quieted: (u >> 16) | 0x40.  Everything else
     rounds to nearest even: (u + 0x7fff + ((u >> 16) & 1)) >> 16.  torch differs only for NaN.
     """
-    u = np.ascontiguousarray(x, dtype=F32).view(np.uint32)
-    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    rounded = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-    quiet = (u >> np.uint32(16)) | np.uint32(0x40)
-    return np.where(nan, quiet, rounded).astype(np.uint16)
+    f = np.ascontiguousarray(x, dtype=F32)
+    u = f.view(np.uint32)
+    r = u >> np.uint32(16)                 # in place on one temporary: (u + 0x7fff + lsb) >> 16
+    r &= np.uint32(1)
+    r += np.uint32(0x7FFF)
+    r += u
+    r >>= np.uint32(16)
+    nan = np.isnan(f)
+    if nan.any():
+        r = np.where(nan, (u >> np.uint32(16)) | np.uint32(0x40), r)
+    return r.astype(np.uint16)
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -209,7 +215,7 @@ class BlockDType(DType):
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        if getattr(cls, "name", None) and not getattr(cls, "abstract", False):
+        if getattr(cls, "name", None) and not cls.__dict__.get("abstract", False):  # abstract is not inherited
             instance = cls()
             if instance.name in TABLE and TABLE[instance.name] != instance:
                 raise UnsupportedError(f"dtype {instance.name!r} is registered twice")
@@ -230,10 +236,10 @@ class BlockDType(DType):
     def encode(self, values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, dtype=F32)
         n_rows, n_cols = values.shape
-        self.row_bytes(n_cols)
+        row_bytes = self.row_bytes(n_cols)
         blocks = np.ascontiguousarray(values).reshape(-1, self.block_size)
         out = self.quantize_blocks(blocks)
-        return np.ascontiguousarray(out, dtype=np.uint8).reshape(n_rows, -1)
+        return np.ascontiguousarray(out, dtype=np.uint8).reshape(n_rows, row_bytes)
 
 
 TABLE: dict[str, DType] = {}

@@ -88,3 +88,8 @@ class QuantError(MconvError):
 
 class UsageError(MconvError):
     """Bad command-line usage."""
+
+
+class ModelsDiffer(MconvError):
+    """A comparison ran and the models differ beyond tolerance (``translate --validate``): the CLI
+    prints ``mconv: validation failed: ...`` and exits 1, not 2."""

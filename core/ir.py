@@ -22,6 +22,10 @@ from .errors import FormatError, MconvError
 
 #: the largest piece a transform or writer handles at once (DESIGN: chunks of <= 64 MiB)
 CHUNK_BYTES = 64 << 20
+#: a transform (cast, quantization, permute, concat) handles at most this many values per chunk: its
+#: float32 intermediates are a few times 8 MiB, so even with one chunk in flight per core the peak
+#: stays far below 10 % of a multi-GB model
+TRANSFORM_VALUES = 1 << 21
 
 
 def shape_rows(shape: Sequence[int]) -> int:
@@ -245,11 +249,13 @@ class Derived(Source):
     kind = "derived"
 
     def __init__(self, op: str, inputs: Sequence["Tensor"], fn: Callable[[int, int], np.ndarray],
-                 attrs: Optional[Mapping[str, Any]] = None) -> None:
+                 attrs: Optional[Mapping[str, Any]] = None, rowwise: bool = False) -> None:
         self.op = op
         self.inputs = tuple(inputs)
         self.fn = fn
         self.attrs = dict(attrs or {})
+        #: row i of the result comes from row i of every input (casts): pages can be released per chunk
+        self.rowwise = rowwise
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         return np.ascontiguousarray(self.fn(start, stop), dtype=np.uint8)
@@ -259,8 +265,10 @@ class Derived(Source):
             t.source.release()
 
     def release_rows(self, start: int, stop: int) -> None:
-        # row mapping may differ; inputs are released whole once the consumer finishes
-        pass
+        # other row mappings release their inputs whole once the consumer finishes
+        if self.rowwise:
+            for t in self.inputs:
+                t.source.release_rows(start, stop)
 
     def files(self) -> tuple[str, ...]:
         out: list[str] = []
@@ -317,13 +325,19 @@ class Tensor:
 
     def iter_chunks(self, max_bytes: int = CHUNK_BYTES, release: bool = True) -> Iterator[np.ndarray]:
         """Raw rows in chunks of at most ``max_bytes`` (at least one row), releasing mapped pages of
-        each chunk after the consumer has used it."""
+        each chunk after the consumer has used it.  Derived tensors (casts, quantization...) are
+        computed in smaller chunks on a thread pool, one chunk ahead per core, in order."""
         if self.n_rows == 0 or self.row_bytes == 0:
             return
         step = self.rows_per_chunk(max_bytes)
-        for start in range(0, self.n_rows, step):
-            stop = min(self.n_rows, start + step)
-            yield self.read_rows(start, stop)
+        derived = isinstance(self.source, Derived)
+        if derived:
+            step = max(1, min(step, TRANSFORM_VALUES // max(1, self.n_cols)))
+        ranges = [(a, min(self.n_rows, a + step)) for a in range(0, self.n_rows, step)]
+        chunks = _prefetch(self.read_rows, ranges) if derived and len(ranges) > 1 else (
+            self.read_rows(a, b) for a, b in ranges)
+        for (start, stop), chunk in zip(ranges, chunks):
+            yield chunk
             if release:
                 self.source.release_rows(start, stop)
         if release:
@@ -350,6 +364,46 @@ class Tensor:
 
     def with_name(self, name: str) -> "Tensor":
         return replace(self, name=name)
+
+
+_POOL: Optional[Any] = None
+_POOL_LOCK = threading.Lock()
+
+
+def workers() -> int:
+    """Threads for CPU-bound chunk transforms (numpy releases the GIL in its kernels)."""
+    env = os.environ.get("MCONV_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def _prefetch(read: Callable[[int, int], np.ndarray], ranges: Sequence[tuple[int, int]]) -> Iterator[np.ndarray]:
+    """Compute ``read(a, b)`` for each range on the shared pool, at most one chunk ahead per worker,
+    yielding results in order."""
+    global _POOL
+    n = workers()
+    if n == 1:
+        yield from (read(a, b) for a, b in ranges)
+        return
+    with _POOL_LOCK:
+        if _POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="mconv-chunk")
+        pool = _POOL
+    pending: list[Any] = []
+    it = iter(ranges)
+    try:
+        for a, b in it:
+            pending.append(pool.submit(read, a, b))
+            if len(pending) > n:
+                yield pending.pop(0).result()
+        while pending:
+            yield pending.pop(0).result()
+    finally:
+        for fut in pending:
+            fut.cancel()
 
 
 def tensor_from_array(name: str, array: np.ndarray, dtype: DType) -> Tensor:
@@ -391,7 +445,8 @@ def cast(t: Tensor, dtype: DType) -> Tensor:
             raise e.at(tensor=t.name)
 
     dtype.row_bytes(t.n_cols)  # raise early when the row is not a whole number of blocks
-    return Tensor(t.name, t.shape, dtype, Derived("cast", [t], rows, {"from": src.name, "to": dtype.name}))
+    return Tensor(t.name, t.shape, dtype, Derived("cast", [t], rows, {"from": src.name, "to": dtype.name},
+                                                  rowwise=True))
 
 
 def permute_rows(t: Tensor, order: np.ndarray, op: str, attrs: Optional[Mapping[str, Any]] = None) -> Tensor:
@@ -459,7 +514,7 @@ def map_values(t: Tensor, fn: Callable[[np.ndarray], np.ndarray], op: str, dtype
     def rows(start: int, stop: int) -> np.ndarray:
         return out_dtype.encode(fn(t.f32(start, stop)))
 
-    return Tensor(t.name, t.shape, out_dtype, Derived(op, [t], rows))
+    return Tensor(t.name, t.shape, out_dtype, Derived(op, [t], rows, rowwise=True))
 
 
 # ==================================================================================================

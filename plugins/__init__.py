@@ -85,6 +85,7 @@ from mconv.core.ir import (
 )
 from mconv.core.names import NameTable, rope_permute_order, rope_unpermute_order, table
 from mconv.core.plan import CONSENTED, LOSSY, WARNING, Loss
+from mconv.core.quant.policy import file_type as llama_file_type
 from mconv.core.tokenizers import (
     read_sentencepiece_file,
     sentencepiece_bytes,

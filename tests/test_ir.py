@@ -152,7 +152,7 @@ def test_cast_streams_in_chunks(monkeypatch):
     h = cast(t, get_dtype("f16"))
     chunks = list(h.iter_chunks(max_bytes=3200))
     assert len(chunks) == 10 and all(c.shape == (100, 32) for c in chunks)
-    assert calls == [(i, i + 100) for i in range(0, 1000, 100)]
+    assert sorted(calls) == [(i, i + 100) for i in range(0, 1000, 100)]  # computed on worker threads
     assert CHUNK_BYTES == 64 << 20
 
 
