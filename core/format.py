@@ -80,6 +80,8 @@ class WriteContext:
     progress: Callable[[int], None] = lambda n: None
     #: returns a temporary path for a file written beside the output (committed with it)
     sidecar: Callable[[str], str] = lambda name: name
+    #: the ``--dtype`` request of this conversion, if any (GGUF records it as general.file_type)
+    dtype: Optional[str] = None
 
 
 class Format:

@@ -7,9 +7,11 @@ uses the same ``(block_size, type_size)`` pairs as ggml.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
-from mconv.plugins import DType, FormatError, UnsupportedError, all_dtypes
+import numpy as np
+
+from mconv.plugins import DType, FormatError, UnsupportedError, all_dtypes, llama_file_type
 
 #: ggml_type id -> mconv dtype name, for the types mconv stores
 GGML_TYPE_TO_DTYPE: dict[int, str] = {
@@ -52,6 +54,13 @@ DTYPE_TO_LLAMA_FTYPE: dict[str, int] = {
 }
 
 
+#: the type most tensors of a llama_ftype have (llama.cpp's llama_ftype_get_default_type)
+LLAMA_FTYPE_DTYPE: dict[int, str] = {
+    0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 7: "q8_0", 8: "q5_0", 9: "q5_1", 10: "q2_k", 11: "q3_k", 12: "q3_k",
+    13: "q3_k", 14: "q4_k", 15: "q4_k", 16: "q5_k", 17: "q5_k", 18: "q6_k", 32: "bf16",
+}
+
+
 def dtype_for_ggml_type(type_id: int, tensor: str) -> DType:
     """The mconv dtype of a ggml type id, or a clear refusal (FormatError for ids that are not
     ggml types, UnsupportedError for real ggml types mconv has no kernels for)."""
@@ -89,13 +98,23 @@ def dominant_dtype(tensors: Iterable[tuple[DType, int]]) -> Optional[str]:
     return max(totals, key=lambda k: totals[k])
 
 
-def llama_ftype_for(tensors: Iterable[tuple[DType, int, int]]) -> int:
-    """general.file_type / legacy ``ftype`` from the dominant type of the 2-D tensors, given
-    (dtype, numel, ndim) triples (1-D tensors stay f32 in quantized models, so they do not vote)."""
+def llama_ftype_for(tensors: Iterable[tuple[DType, int, int]], request: Optional[str] = None,
+                    stored: Any = None) -> int:
+    """general.file_type / legacy ``ftype``, given (dtype, numel, ndim) of every tensor: the
+    ``--dtype`` request's llama_ftype when there is one; else the source's own file type when it
+    still describes the tensors (it tells Q4_K_S from Q4_K_M); else the one of the dominant type of
+    the 2-D tensors (1-D tensors stay f32 in quantized models, so they do not vote)."""
+    if request is not None:
+        ft = llama_file_type(request)
+        if ft is not None:
+            return ft
     items = list(tensors)
     matrices = [(dt, n) for dt, n, ndim in items if ndim >= 2] or [(dt, n) for dt, n, _ in items]
-    dom = dominant_dtype(matrices)
-    return DTYPE_TO_LLAMA_FTYPE.get(dom or "f32", 0)
+    dom = dominant_dtype(matrices) or "f32"
+    if isinstance(stored, (int, np.integer)) and not isinstance(stored, bool) and \
+            LLAMA_FTYPE_DTYPE.get(int(stored)) == dom:
+        return int(stored)
+    return DTYPE_TO_LLAMA_FTYPE.get(dom, 0)
 
 
 def ftype_label(ftype: int) -> str:

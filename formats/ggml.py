@@ -81,6 +81,8 @@ SPACE_IR = "\u2581".encode("utf-8")
 LEGACY_SPECIALS = {0: (b"<unk>", TOKEN_UNKNOWN), 1: (b"<s>", TOKEN_CONTROL), 2: (b"</s>", TOKEN_CONTROL)}
 #: byte tokens <0x00>..<0xFF> sit at ids 3..258 in the llama layout
 BYTE_IDS = range(3, 259)
+#: the hparam ftype is kept as GGUF's key, so ggjt -> GGUF keeps the file type
+KEY_FILE_TYPE = "general.file_type"
 
 #: llama-cpp-python 0.1.78 keyword arguments for what ggjt cannot store
 LOADER_KWARGS = {"n_ctx": "n_ctx", "n_head_kv": "n_gqa", "norm_eps": "rms_norm_eps", "rope_theta": "rope_freq_base"}
@@ -274,7 +276,7 @@ def read_ggml(path: str, ctx: ReadContext) -> Model:
         tensors[canonical] = t.with_name(canonical)
 
     model = Model(arch="llama", hparams={}, tensors=tensors, tokenizer=tok, format="ggml",
-                  files=(os.path.abspath(path),), cache=ctx.cache)
+                  files=(os.path.abspath(path),), cache=ctx.cache, metadata={KEY_FILE_TYPE: values["ftype"]})
     label = f"{variant} v{version}" if version else "unversioned ggml"
     model.history.append(Step("format", f"{label}, ftype {ftype_label(values['ftype'])}"))
     stored = {k: values[k] for k in ("n_vocab", "n_embd", "n_head", "n_layer")}
@@ -336,9 +338,10 @@ def _vocab_bytes(model: Model) -> bytes:
     return b"".join(parts)
 
 
-def header_bytes(model: Model) -> bytes:
+def header_bytes(model: Model, request: Optional[str] = None) -> bytes:
     hp = model.hparams
-    ftype = llama_ftype_for((t.dtype, t.numel, len(t.shape)) for t in model.tensors.values())
+    ftype = llama_ftype_for(((t.dtype, t.numel, len(t.shape)) for t in model.tensors.values()), request,
+                            model.metadata.get(KEY_FILE_TYPE))
     fields = (hp["n_vocab"], hp["n_embd"], find_n_mult(hp), hp["n_head"], hp["n_layer"], hp["n_embd"] // hp["n_head"],
               ftype)
     return struct.pack("<II7I", MAGIC_GGJT, WRITE_VERSION, *fields) + _vocab_bytes(model)
@@ -362,7 +365,7 @@ def check_writable(model: Model) -> None:
 def write_ggjt(model: Model, path: str, ctx: WriteContext) -> None:
     check_writable(model)
     with open(path, "wb") as f:
-        f.write(header_bytes(model))
+        f.write(header_bytes(model, ctx.dtype))
         for name, t in ordered_tensors(model):
             raw_name = name.encode("utf-8")
             ne = tuple(reversed(t.shape))

@@ -107,8 +107,9 @@ KEY_BOS, KEY_EOS, KEY_UNK, KEY_PAD = (TOK + "bos_token_id", TOK + "eos_token_id"
                                       TOK + "padding_token_id")
 KEY_ADD_BOS, KEY_ADD_EOS = TOK + "add_bos_token", TOK + "add_eos_token"
 SPECIAL_IDS = {"bos_id": KEY_BOS, "eos_id": KEY_EOS, "unk_id": KEY_UNK, "pad_id": KEY_PAD}
-#: keys the reader turns into IR fields and the writer writes itself (never carried as metadata)
-OWN_KEYS = frozenset({KEY_ARCH, KEY_ALIGNMENT, KEY_FILE_TYPE, KEY_QNT_VERSION, KEY_TOK_MODEL, KEY_TOKENS,
+#: keys the reader turns into IR fields and the writer writes itself (never carried as metadata;
+#: general.file_type is carried so that a rewrite keeps e.g. Q4_K_S when the tensors still match it)
+OWN_KEYS = frozenset({KEY_ARCH, KEY_ALIGNMENT, KEY_QNT_VERSION, KEY_TOK_MODEL, KEY_TOKENS,
                       KEY_SCORES, KEY_TOKEN_TYPE, KEY_MERGES, KEY_BOS, KEY_EOS, KEY_UNK, KEY_PAD, KEY_ADD_BOS,
                       KEY_ADD_EOS})
 #: llama.cpp defaults when a llama (SentencePiece) GGUF does not say
@@ -591,7 +592,8 @@ def model_name(model: Model, final_path: str) -> str:
 def build_kvs(model: Model, ctx: WriteContext) -> list[tuple[str, int, Any]]:
     """Every key/value of the output, in writing order."""
     alignment: int = ctx.options.get("alignment", DEFAULT_ALIGNMENT)
-    ftype = llama_ftype_for((t.dtype, t.numel, len(t.shape)) for t in model.tensors.values())
+    ftype = llama_ftype_for(((t.dtype, t.numel, len(t.shape)) for t in model.tensors.values()), ctx.dtype,
+                            model.metadata.get(KEY_FILE_TYPE))
     kvs: list[tuple[str, int, Any]] = [(KEY_ARCH, STRING, model.arch),
                                        (KEY_NAME, STRING, model_name(model, ctx.final_path))]
     if alignment != DEFAULT_ALIGNMENT:
@@ -601,7 +603,8 @@ def build_kvs(model: Model, ctx: WriteContext) -> list[tuple[str, int, Any]]:
     kvs += _tokenizer_kvs(model.tokenizer)
     written = {k for k, _, _ in kvs}
     names = table(model.arch)
-    own = OWN_KEYS | {names.hparam_key(spec.key, "gguf") for spec in names.hparams} | {rope_dim_key(model.arch)}
+    own = OWN_KEYS | {names.hparam_key(spec.key, "gguf") for spec in names.hparams} | {rope_dim_key(model.arch),
+                                                                                        KEY_FILE_TYPE}
     for key, value in model.metadata.items():
         if key in written or key in own or value is None:
             continue
