@@ -1,7 +1,9 @@
 """Run by hand (not CI): load mconv's GGUF in llama-cpp-python 0.3.36 and mconv's ggjt v3 in
 llama-cpp-python 0.1.78, and compare their logits with a float64 numpy forward pass of the same
 weights (dequantized), FORMATS.md G(c) tolerances: ~2e-7 for f32 with an f32 KV cache, ~1.5-2e-2
-for quantized weights (llama.cpp quantizes the activations too).
+for quantized weights (llama.cpp quantizes the activations too).  A second reference rounds the
+activations of each matmul as llama.cpp's CPU backend does for that weight type (Q8_0 / Q8_K blocks,
+f16 / bf16), which should match llama-cpp-python 0.3.36 to float rounding when the file is right.
 
     python bench/llama_cpp_check.py [--llnew /work/venvs/llnew/bin/python] [--llold /work/venvs/llold/bin/python]
 
@@ -54,15 +56,59 @@ np.save(out, np.array(llm.scores[:len(toks)], dtype=np.float32))
 """
 
 
-def reference_logits(model, tokens) -> np.ndarray:
-    """float64 llama forward pass (RMSNorm, interleaved-pair RoPE, causal GQA attention, SwiGLU)."""
+def _round_half_away(x: np.ndarray) -> np.ndarray:
+    return np.trunc(x + np.copysign(np.float32(0.5), x))
+
+
+def _q8_0(x: np.ndarray) -> np.ndarray:
+    """quantize_row_q8_0_ref then dequantize: d = amax/127 stored f16, q = roundf(x/d)."""
+    b = x.astype(np.float32).reshape(-1, 32)
+    d = np.abs(b).max(1, keepdims=True) / np.float32(127)
+    inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
+    return (_round_half_away(b * inv) * d.astype(np.float16).astype(np.float32)).reshape(x.shape)
+
+
+def _q8_k(x: np.ndarray) -> np.ndarray:
+    """quantize_row_q8_K_ref then dequantize: iscale = -127/max (max = the signed value of largest
+    |x|), q = min(127, nearest_int(iscale*x)), d = 1/iscale in f32."""
+    b = x.astype(np.float32).reshape(-1, 256)
+    idx = np.abs(b).argmax(1)
+    mx = b[np.arange(len(b)), idx][:, None]
+    safe = np.where(mx != 0, mx, 1).astype(np.float32)
+    iscale = np.where(mx != 0, np.float32(-127) / safe, 0).astype(np.float32)
+    q = np.minimum(127, np.rint(iscale * b))
+    d = np.where(mx != 0, np.float32(1) / np.where(iscale != 0, iscale, 1), 0).astype(np.float32)
+    return (q * d).reshape(x.shape)
+
+
+#: what llama.cpp's CPU matmul turns the activations into for each weight type (vec_dot_type)
+ACTIVATION = {
+    "f16": lambda x: x.astype(np.float16).astype(np.float32),
+    "bf16": lambda x: ((x.astype(np.float32).view(np.uint32) + 0x7FFF + ((x.astype(np.float32).view(np.uint32)
+                                                                          >> 16) & 1)) >> 16 << 16
+                       ).astype(np.uint32).view(np.float32),
+    "q8_0": _q8_0, "q4_0": _q8_0, "q4_1": _q8_0, "q5_0": _q8_0, "q5_1": _q8_0,
+    "q2_k": _q8_k, "q3_k": _q8_k, "q4_k": _q8_k, "q5_k": _q8_k, "q6_k": _q8_k,
+}
+
+
+def reference_logits(model, tokens, emulate: bool = False) -> np.ndarray:
+    """float64 llama forward pass (RMSNorm, interleaved-pair RoPE, causal GQA attention, SwiGLU) of
+    the dequantized weights.  ``emulate``: round the activations of each matmul the way llama.cpp's
+    CPU backend does for that weight type (f16/bf16 activations, Q8_0 or Q8_K blocks)."""
     hp = model.hparams
     w = {n: t.f32().astype(np.float64) for n, t in model.tensors.items()}
+    kind = {n: t.dtype.name for n, t in model.tensors.items()}
     n_head, n_kv = hp["n_head"], hp["n_head_kv"]
     hd = hp["n_embd"] // n_head
     eps = hp["norm_eps"]
     T = len(tokens)
     x = w["token_embd.weight"][tokens]
+
+    def mm(v, name):
+        if emulate and kind[name] in ACTIVATION:
+            v = ACTIVATION[kind[name]](v).astype(np.float64)
+        return v @ w[name].T
 
     def norm(v, g):
         return v / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + eps) * g
@@ -83,23 +129,22 @@ def reference_logits(model, tokens) -> np.ndarray:
     for b in range(hp["n_layer"]):
         p = f"blk.{b}."
         h = norm(x, w[p + "attn_norm.weight"])
-        q = rope((h @ w[p + "attn_q.weight"].T).reshape(T, n_head, hd))
-        k = rope((h @ w[p + "attn_k.weight"].T).reshape(T, n_kv, hd))
-        v = (h @ w[p + "attn_v.weight"].T).reshape(T, n_kv, hd)
+        q = rope(mm(h, p + "attn_q.weight").reshape(T, n_head, hd))
+        k = rope(mm(h, p + "attn_k.weight").reshape(T, n_kv, hd))
+        v = mm(h, p + "attn_v.weight").reshape(T, n_kv, hd)
         rep = n_head // n_kv
         k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
         att = np.einsum("thd,shd->hts", q, k) / np.sqrt(hd) + mask
         att = np.exp(att - att.max(-1, keepdims=True))
         att /= att.sum(-1, keepdims=True)
         o = np.einsum("hts,shd->thd", att, v).reshape(T, -1)
-        x = x + o @ w[p + "attn_output.weight"].T
+        x = x + mm(o, p + "attn_output.weight")
         h = norm(x, w[p + "ffn_norm.weight"])
-        g = h @ w[p + "ffn_gate.weight"].T
-        u = h @ w[p + "ffn_up.weight"].T
-        x = x + ((g / (1 + np.exp(-g))) * u) @ w[p + "ffn_down.weight"].T
+        g = mm(h, p + "ffn_gate.weight")
+        u = mm(h, p + "ffn_up.weight")
+        x = x + mm((g / (1 + np.exp(-g))) * u, p + "ffn_down.weight")
     x = norm(x, w["output_norm.weight"])
-    out = w.get("output.weight", w["token_embd.weight"])
-    return x @ out.T
+    return mm(x, "output.weight" if "output.weight" in w else "token_embd.weight")
 
 
 def run(python: str, driver: str, path: str, extra: list[str]) -> np.ndarray:
@@ -146,7 +191,9 @@ def main() -> None:
                 except Exception as e:
                     results.append({"format": fmt, "dtype": dtype, "error": str(e)})
                     continue
+                emu = reference_logits(written, TOKENS, emulate=True)
                 results.append({"format": fmt, "dtype": dtype, "max_abs_diff": float(np.abs(got - ref).max()),
+                                "max_abs_diff_emulated": float(np.abs(got - emu).max()),
                                 "logit_scale": float(np.abs(ref).max()),
                                 "top1_agree": float(np.mean(got.argmax(-1) == ref.argmax(-1)))})
     for r in results:
