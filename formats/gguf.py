@@ -36,6 +36,7 @@ from mconv.plugins import (
     Loss,
     MconvError,
     Model,
+    NameTable,
     ReadContext,
     Step,
     Tensor,
@@ -376,7 +377,7 @@ def _read_tokenizer(header: Header, model: Model) -> Optional[Tokenizer]:
     return Tokenizer(model=kind, tokens=tokens, scores=scores, token_types=types, merges=merges, **ids, **flags)
 
 
-def _type_notes(header: Header, names: Any, arch: str) -> list[str]:
+def _type_notes(header: Header, names: NameTable, arch: str) -> list[str]:
     """Keys whose type llama.cpp would refuse (it enforces types exactly)."""
     notes = []
     want = {names.hparam_key(spec.key, "gguf"): spec.gguf_type for spec in names.hparams if spec.gguf_type}
@@ -436,6 +437,10 @@ def read_gguf(path: str, ctx: ReadContext) -> Model:
     model.history.append(Step("format", version))
     for note in _type_notes(header, names, arch):
         model.history.append(Step("note", note))
+    narrow_1d = [t.name for t in tensors.values() if len(t.shape) <= 1 and t.dtype.name in ("f16", "bf16")]
+    if narrow_1d:
+        model.history.append(Step("note", f"{len(narrow_1d)} 1-D tensor(s) such as {narrow_1d[0]} are not f32; "
+                                  "llama.cpp aborts on them (mconv writes them as f32)"))
     return model
 
 

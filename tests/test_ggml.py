@@ -229,3 +229,17 @@ def test_inconsistent_n_mult_is_noted(tmp_path):
     res = cli("inspect", tmp_path / "m.bin")
     assert ("note:      n_mult 256 makes ggjt-era llama.cpp expect n_ff 256, but the tensors have n_ff 88\n"
             in res.out)
+
+
+def test_k_quants_in_ggjt(tmp_path):
+    hp = dict(n_vocab=384, n_embd=256, n_layer=1, n_head=8, n_head_kv=2, n_ff=768, n_ctx=64, norm_eps=1e-5,
+              rope_theta=10000.0)
+    src = _st(tmp_path, random_model(hp, seed=2, tokenizer=sp_tokenizer()))
+    assert cli("translate", src, tmp_path / "a.gguf", "--dtype", "q4_k_m").rc == 0
+    assert cli("translate", src, tmp_path / "b.bin", "--to", "ggml", "--dtype", "q4_k_m").rc == 0
+    a, b = open_model(str(tmp_path / "a.gguf")), open_model(str(tmp_path / "b.bin"))
+    assert_same_tensors(a, b, list(a.tensors))
+    assert {t.dtype.name for t in b.tensors.values()} == {"q4_k", "q6_k", "f32"}
+    blob = (tmp_path / "b.bin").read_bytes()
+    # n_mult: ceil(682 / m) * m == 768 holds for m = 768 (and for 384, 256...): the largest is 768
+    assert struct.unpack_from("<7I", blob, 8) == (384, 256, 768, 8, 1, 32, 15)   # ftype 15 = MOSTLY_Q4_K_M

@@ -386,3 +386,95 @@ def test_1d_tensors_are_written_f32(tmp_path):
     assert {n: t.dtype.name for n, t in m.tensors.items() if len(t.shape) == 1} == {
         n: "f32" for n, t in m.tensors.items() if len(t.shape) == 1}
     assert {t.dtype.name for t in m.tensors.values() if len(t.shape) == 2} == {"f16"}
+
+
+# -- quantized tensors ----------------------------------------------------------------------------------
+
+#: rows of 256 so every K-quant applies; n_ff 768 also suits ggjt (n_mult 256)
+KHP = dict(n_vocab=384, n_embd=256, n_layer=1, n_head=8, n_head_kv=2, n_ff=768, n_ctx=64, norm_eps=1e-5,
+           rope_theta=10000.0)
+
+
+@pytest.mark.parametrize("request_,ftype", [("q8_0", 7), ("q4_0", 2), ("q4_1", 3), ("q5_0", 8), ("q5_1", 9),
+                                            ("q4_k_m", 15), ("q4_k_s", 14), ("q6_k", 18), ("q2_k", 10)])
+def test_gguf_py_reads_quantized_output(tmp_path, request_, ftype):
+    src = random_model(KHP, seed=3, tokenizer=sp_tokenizer())
+    path = tmp_path / "m.gguf"
+    write_model(src, str(path), fmt(), dtype=request_, quiet=True)
+    m = open_model(str(path))
+    r = gguf.GGUFReader(path)
+    assert _field(r, "general.file_type") == ([VT.UINT32], ftype)
+    assert _field(r, "general.quantization_version") == ([VT.UINT32], 2)
+    quantized = 0
+    for rt in r.tensors:
+        t = m.tensors[rt.name]
+        assert rt.tensor_type == GT[t.dtype.name.upper()]
+        assert np.asarray(rt.data).tobytes() == t.tobytes()
+        values = gguf.quants.dequantize(np.asarray(rt.data), rt.tensor_type)
+        assert np.array_equal(values.reshape(t.shape), t.f32(), equal_nan=True), rt.name
+        quantized += t.dtype.is_quantized
+    assert quantized == 9   # every 2-D tensor; 1-D ones stay f32
+
+
+def test_quantized_tensors_are_copied_byte_for_byte(tmp_path):
+    """gguf-py's own quantizers write the source; mconv keeps those bytes through GGUF -> GGUF and
+    GGUF -> ggjt -> GGUF (no re-quantization)."""
+    src = random_model(KHP, seed=8, tokenizer=sp_tokenizer())
+    path = tmp_path / "py.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    for key, value in (("context_length", 64), ("embedding_length", 256), ("block_count", 1),
+                       ("feed_forward_length", 768), ("head_count", 8), ("head_count_kv", 2)):
+        getattr(w, f"add_{key}")(value)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([t.decode() for t in src.tokenizer.tokens])
+    w.add_token_scores(src.tokenizer.scores.tolist())
+    w.add_token_types(src.tokenizer.token_types.tolist())
+    kinds = [GT.Q8_0, GT.Q4_0, GT.Q4_1, GT.Q5_0, GT.Q5_1, GT.Q8_0, GT.Q4_0, GT.Q5_1, GT.Q8_0]
+    raw = {}
+    for name, t in src.tensors.items():
+        values = t.numpy()
+        if values.ndim == 2:
+            kind = kinds[len(raw) % len(kinds)]
+            raw[name] = gguf.quants.quantize(values, kind)
+            w.add_tensor(name, raw[name], raw_dtype=kind)
+        else:
+            w.add_tensor(name, values)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    m = open_model(str(path))
+    for name, data in raw.items():
+        assert m.tensors[name].tobytes() == data.tobytes(), name
+    assert cli("translate", path, tmp_path / "a.gguf").rc == 0
+    assert cli("translate", path, tmp_path / "b.bin", "--to", "ggml").rc == 0
+    assert cli("translate", tmp_path / "b.bin", tmp_path / "c.gguf", "--hparam", "n_ctx=64").rc == 0
+    for out in ("a.gguf", "b.bin", "c.gguf"):
+        back = open_model(str(tmp_path / out))
+        for name, data in raw.items():
+            assert back.tensors[name].tobytes() == data.tobytes(), (out, name)
+    # the ggjt file type is Q8_0 (the dominant type), carried back into GGUF
+    assert _field(gguf.GGUFReader(tmp_path / "c.gguf"), "general.file_type") == ([VT.UINT32], 7)
+
+
+def test_q4_0_gguf_ggml_gguf_is_byte_identical(tmp_path):
+    src = _st(tmp_path, random_model(KHP, seed=2, tokenizer=sp_tokenizer()))
+    a = tmp_path / "a.gguf"
+    assert cli("translate", src, a, "--dtype", "q4_0").rc == 0
+    res = cli("translate", a, tmp_path / "b.bin", "--to", "ggml")
+    assert res.rc == 0 and "dtype" not in res.out      # nothing cast: copied as stored
+    res = cli("translate", tmp_path / "b.bin", tmp_path / "c" / "a.gguf", "--hparam", "n_ctx=64")
+    assert res.rc == 0, res.err
+    assert (tmp_path / "c" / "a.gguf").read_bytes() == a.read_bytes()
+    ra = gguf.GGUFReader(a)
+    assert {t.tensor_type for t in ra.tensors} == {GT.Q4_0, GT.Q6_K, GT.F32}   # output.weight: Q6_K (llama.cpp)
+
+
+def test_file_type_survives_a_rewrite(tmp_path):
+    src = _st(tmp_path, random_model(KHP, seed=2, tokenizer=sp_tokenizer()))
+    assert cli("translate", src, tmp_path / "s.gguf", "--dtype", "q4_k_s").rc == 0
+    assert cli("translate", tmp_path / "s.gguf", tmp_path / "t.gguf").rc == 0
+    assert _field(gguf.GGUFReader(tmp_path / "t.gguf"), "general.file_type") == ([VT.UINT32], 14)
+    assert cli("translate", tmp_path / "s.gguf", tmp_path / "u.gguf", "--dtype", "f16").rc == 0
+    assert _field(gguf.GGUFReader(tmp_path / "u.gguf"), "general.file_type") == ([VT.UINT32], 1)

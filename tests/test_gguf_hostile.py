@@ -6,8 +6,11 @@ from __future__ import annotations
 import resource
 
 import pytest
-from hostile_gguf import GGML_CASES, GGUF_CASES, Case, ARCH, gguf_file, one_tensor
-from testlib import cli, cli_subprocess
+from hostile_gguf import GGML_CASES, GGUF_CASES, Case
+from testlib import GQA, cli, cli_subprocess, random_model, sp_tokenizer
+
+from mconv.core.convert import write_model
+from mconv.core.registry import get_registry
 
 
 def _refused(tmp_path, case: Case, fmt: str) -> None:
@@ -43,34 +46,19 @@ WORST = ["huge-kv-count", "array-over-limit", "string-over-1GiB", "element-count
 
 
 def test_worst_cases_in_bounded_memory(tmp_path):
-    """Counts and lengths that would ask for terabytes are refused before anything is allocated;
-    a valid file still opens under the same limit, so the limit is not what refuses them."""
-    info, data = one_tensor()
+    """Counts and lengths that would ask for terabytes are refused before anything is allocated,
+    in a child limited to 1 GiB of address space; a valid file still opens under the same limit, so
+    the limit is not what refuses them."""
     ok = tmp_path / "ok.gguf"
-    ok.write_bytes(gguf_file([ARCH], [info], data))
+    write_model(random_model(GQA, seed=1, tokenizer=sp_tokenizer()), str(ok), get_registry().format("gguf"),
+                quiet=True)
     env = {"OPENBLAS_NUM_THREADS": "1", "MCONV_LOAD_PLUGINS": ""}
-    args = []
-    for case in GGUF_CASES:
-        if case.id in WORST:
-            path = tmp_path / f"{case.id}.gguf"
-            path.write_bytes(case.data)
-            args.append((path, case))
-    ggml = next(c for c in GGML_CASES if c.id == "huge-n_vocab")
-    (tmp_path / "v.bin").write_bytes(ggml.data)
-    args.append((tmp_path / "v.bin", ggml))
-    # one child per case would cost ~1 s each; a tiny driver runs them all in one limited child
-    script = tmp_path / "drive.py"
-    script.write_text(
-        "import sys\nfrom mconv.core.cli import main\n"
-        "for p in sys.argv[1:]:\n    print(main(['inspect', p]), flush=True)\n")
-    import subprocess
-    import sys
-    import os
-    p = subprocess.run([sys.executable, str(script), str(ok), *(str(a) for a, _ in args)], capture_output=True,
-                       text=True, preexec_fn=_limit_memory, env={**os.environ, **env}, timeout=120)
-    codes = p.stdout.split()
-    assert codes[0] == "2" or "hparam" in p.stderr  # the one-tensor file has no full llama model
-    errs = p.stderr.strip().splitlines()
-    for (path, case), line in zip(args, errs[-len(args):]):
-        assert line == f"mconv: error: {path}: offset {case.offset}: {case.message}"
-    assert codes[1:] == ["2"] * len(args)
+    res = cli_subprocess("inspect", ok, env=env, preexec=_limit_memory, timeout=120)
+    assert res.rc == 0, res.err
+    cases = [(c, "gguf") for c in GGUF_CASES if c.id in WORST] + \
+            [(c, "bin") for c in GGML_CASES if c.id == "huge-n_vocab"]
+    for case, suffix in cases:
+        path = tmp_path / f"{case.id}.{suffix}"
+        path.write_bytes(case.data)
+        res = cli_subprocess("inspect", path, env=env, preexec=_limit_memory, timeout=120)
+        assert (res.rc, res.err) == (2, f"mconv: error: {path}: offset {case.offset}: {case.message}\n")
