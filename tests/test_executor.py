@@ -113,8 +113,9 @@ def test_quantized_and_half_weights_are_decoded_through_their_dtype() -> None:
 
 def test_out_of_vocabulary_token_is_refused() -> None:
     s = Session(random_model(GQA))
-    with pytest.raises(ValidationError, match="token id 96 is outside the vocabulary of 96 tokens"):
-        s.forward([1, 96])
+    v = GQA["n_vocab"]
+    with pytest.raises(ValidationError, match=f"token id {v} is outside the vocabulary of {v} tokens"):
+        s.forward([1, v])
     assert s.pos == 0
 
 
