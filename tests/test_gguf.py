@@ -195,6 +195,11 @@ def test_mconv_reads_gguf_py_output(tmp_path):
     m = open_model(str(path))
     assert {k: m.hparams[k] for k in GQA} == GQA
     assert m.hparam_origin["n_head_kv"] == "gguf metadata"
+    # lazy: every tensor is a slice of the mapped file at its 64-aligned offset, nothing read yet
+    r = gguf.GGUFReader(path)
+    for rt in r.tensors:
+        src_slice = m.tensors[rt.name].source
+        assert src_slice.kind == "file" and src_slice.offset == rt.data_offset and src_slice.offset % 64 == 0
     assert_same_tensors(src, m, list(src.tensors))
     for name, arr in extras.items():
         t = m.tensors[name]
