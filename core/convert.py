@@ -88,7 +88,7 @@ def write_model(model: Model, out: str, fmt: Format, *, dtype: Optional[str] = N
     if as_dir and not fmt.has_directory_layout:
         raise UsageError(f"{out}: format {fmt.name} has no directory layout; give a file name")
     wctx = WriteContext(options=fmt.parse_options(options or {}), as_directory=as_dir,
-                        final_path=os.path.abspath(out.rstrip("/") or out))
+                        final_path=os.path.abspath(out.rstrip("/") or out), dtype=dtype)
     plan = make_plan(model, fmt, wctx, dtype=dtype, allow_lossy=allow_lossy)
     start = time.perf_counter()
     total = plan.model.nbytes()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Optional
 
 from .errors import UsageError
-from .ir import FileCache, Model
+from .ir import FileCache, Model, Tensor
 
 
 #: sniff confidences of directory inputs, encoding DESIGN's precedence: safetensors index >
@@ -80,6 +80,8 @@ class WriteContext:
     progress: Callable[[int], None] = lambda n: None
     #: returns a temporary path for a file written beside the output (committed with it)
     sidecar: Callable[[str], str] = lambda name: name
+    #: the ``--dtype`` request of this conversion, if any (GGUF records it as general.file_type)
+    dtype: Optional[str] = None
 
 
 class Format:
@@ -127,6 +129,12 @@ class Format:
         to its casts like ``--dtype`` does, so return a new request only for what the user asked for.
         Default: unchanged."""
         return request
+
+    def dtypes_for(self, t: Tensor) -> frozenset[str]:
+        """The dtype names this format stores for tensor ``t`` (default: all of ``dtypes``).  A format
+        whose loaders need some tensors in particular types narrows this; the planner then widens
+        those tensors losslessly (GGUF/ggjt: 1-D norms in f32, as llama.cpp multiplies only by f32)."""
+        return self.dtypes
 
     def plan_losses(self, model: Model, ctx: WriteContext) -> list["Loss"]:  # noqa: F821
         """Format-specific losses beyond dtypes/hparams/tokenizer (core adds those)."""

@@ -67,12 +67,17 @@ class Plan:
 
 def _target_dtype(model: Model, t: Tensor, fmt: Format, request: Optional[str],
                   allowed: frozenset[str]) -> tuple[DType, Optional[Loss]]:
+    output_allowed = allowed
+    allowed = allowed & fmt.dtypes_for(t)
     if request is not None:
         wanted = policy.choose_dtype(model, t, request)
         if wanted is not None:
-            if wanted.name not in allowed:
+            if wanted.name not in output_allowed:
                 raise UnsupportedError(f"format {fmt.name} cannot store {wanted.name} "
-                                       f"(it stores {', '.join(sorted(allowed))})")
+                                       f"(it stores {', '.join(sorted(output_allowed))})")
+            if wanted.name not in allowed:
+                # the output stores this type, but not for this tensor: take its nearest exact widening
+                wanted = next((get_dtype(n) for n in exact_widenings(wanted) if n in allowed), wanted)
             if wanted == t.dtype or wanted.name in exact_widenings(t.dtype):
                 return wanted, None
             return wanted, Loss("dtype", t.name, f"{t.dtype.label} -> {wanted.label}{_requant(t.dtype, wanted)}",

@@ -26,6 +26,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mconv.core.arch.llama",
     "mconv.formats.safetensors",
     "mconv.formats.llama2c",
+    "mconv.formats.gguf",
+    "mconv.formats.ggml",
 )
 
 ENTRY_POINT_GROUP = "mconv"

@@ -23,12 +23,13 @@ def test_builtins_register_through_hooks():
 def test_entry_point_plugin_loads_and_round_trips(tmp_path, npz_plugin):
     reg = get_registry()
     assert reg.formats["npz"].plugin == "npz" and not reg.formats["npz"].builtin
-    assert reg.plugins["npz"].startswith("entry point mconv_npz (mconv-npz 0.0.1)")
+    # the fake dist-info (0.0.1) or, where CI installed the plugin for real, the installed copy
+    assert reg.plugins["npz"].startswith("entry point mconv_npz (mconv-npz ")
     res = cli("formats")
     assert res.rc == 0
     assert any(line.startswith("npz ") and line.rstrip().endswith(" npz") for line in res.out.splitlines())
     res = cli("plugins")
-    assert "npz  [entry point mconv_npz (mconv-npz 0.0.1)]  format npz" in res.out
+    assert "npz  [entry point mconv_npz (mconv-npz " in res.out and res.out.rstrip().endswith("format npz")
     model = random_model(GQA, seed=3)
     from mconv.core.convert import open_model, write_model
 
