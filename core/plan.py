@@ -10,6 +10,7 @@ format and lists what the conversion changes or drops, applying DESIGN.md's loss
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
@@ -17,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from .dtypes import DType, exact_widenings, get_dtype
-from .errors import LossyConversionError, UnsupportedError
+from .errors import FormatError, LossyConversionError, MconvError, UnsupportedError
 from .format import Format, WriteContext
 from .ir import Model, Step, Tensor, cast
 from .quant import policy
@@ -25,6 +26,10 @@ from .quant import policy
 LOSSY = "lossy"          # refused without --allow-lossy
 CONSENTED = "consented"  # value-changing, but asked for with --dtype
 WARNING = "warning"      # nothing changes, but a loader needs to be told something
+
+#: metadata key recording tensors widened losslessly only because the target lacked their dtype
+#: (JSON {tensor: original dtype}); core/convert.open_model narrows them back exactly
+WIDENED_KEY = "mconv.widened"
 
 #: hparams every reader can recover from tensor shapes (core/hparams.infer_from_shapes)
 SHAPE_DERIVED = frozenset({"n_vocab", "n_embd", "n_ff", "n_layer"})
@@ -48,6 +53,8 @@ class Plan:
     target: Format
     losses: list[Loss] = field(default_factory=list)
     casts: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    #: (from, to) casts that narrow a tensor back to the dtype an earlier write widened it from
+    restored: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def lossless(self) -> bool:
@@ -58,6 +65,7 @@ class Plan:
         for (src, dst), names in sorted(self.casts.items()):
             src_t, dst_t = get_dtype(src), get_dtype(dst)
             how = ("widened losslessly" if dst in exact_widenings(src_t)
+                   else "restored: widened by an earlier write" if (src, dst) in self.restored
                    else _requant(src_t, dst_t).strip(" ()") or "converted")
             lines.append(f"dtype: {len(names)} tensor(s) {src} -> {dst} ({how})")
         # per-tensor casts asked for with --dtype are summed up above
@@ -94,6 +102,32 @@ def _target_dtype(model: Model, t: Tensor, fmt: Format, request: Optional[str],
                                      f"{t.dtype.name} and no type that holds its values exactly", LOSSY)
 
 
+def _widened_record(model: Model) -> dict[str, str]:
+    raw = model.metadata.get(WIDENED_KEY)
+    if raw is None:
+        return {}
+    try:
+        record = json.loads(raw) if isinstance(raw, str) else None
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in record.items()):
+        raise FormatError(f"metadata {WIDENED_KEY} is not a JSON object of tensor -> dtype")
+    return record
+
+
+def _original_dtype(t: Tensor, record: dict[str, str], request: Optional[str]) -> Optional[DType]:
+    """The dtype ``t`` had before an earlier write widened it, when it can be narrowed back exactly
+    (never under an explicit --dtype, which decides by itself)."""
+    label = record.get(t.name)
+    if label is None or request is not None:
+        return None
+    try:
+        original = get_dtype(label)
+    except MconvError:
+        raise FormatError(f"metadata {WIDENED_KEY}: unknown dtype {label!r}", tensor=t.name)
+    return original if t.dtype.name in exact_widenings(original) else None
+
+
 def _requant(src: DType, dst: DType) -> str:
     """A note for a cast between two quantized types: it goes through float32 and changes values."""
     if src.is_quantized and dst.is_quantized:
@@ -115,6 +149,9 @@ def make_plan(model: Model, fmt: Format, ctx: WriteContext, dtype: Optional[str]
         policy.is_request_quantizing(dtype)  # unknown names raise here
     losses: list[Loss] = []
     casts: dict[tuple[str, str], list[str]] = defaultdict(list)
+    widened: dict[str, str] = {}
+    previous = _widened_record(model)
+    restored: set[tuple[str, str]] = set()
     tensors: dict[str, Tensor] = {}
     request = fmt.dtype_request(model, dtype, ctx)
     allowed = fmt.output_dtypes(model, ctx)
@@ -123,8 +160,16 @@ def make_plan(model: Model, fmt: Format, ctx: WriteContext, dtype: Optional[str]
             losses.append(Loss("tensor", t.name, f"{fmt.name} has no place for it; dropped", LOSSY))
             continue
         target, loss = _target_dtype(model, t, fmt, request, allowed)
+        original = _original_dtype(t, previous, request)
+        if original is not None and original.name in allowed & fmt.dtypes_for(t):
+            restored.add((t.dtype.label, original.label))
+            target, loss = original, None
         if loss is not None:
             losses.append(loss)
+        if loss is None and target.name in exact_widenings(t.dtype):
+            widened[t.name] = t.dtype.label
+        elif original is not None and target == t.dtype:
+            widened[t.name] = original.label  # still widened: keep remembering
         if target != t.dtype:
             casts[(t.dtype.label, target.label)].append(t.name)
             t = cast(t, target)
@@ -152,6 +197,11 @@ def make_plan(model: Model, fmt: Format, ctx: WriteContext, dtype: Optional[str]
                            WARNING))
 
     planned = model.derive(tensors)
+    planned.metadata.pop(WIDENED_KEY, None)
+    if widened and fmt.stores_metadata:
+        # remember what was widened only to fit this format, so a later write to a format that has
+        # the original dtype narrows it back (exactly: every value came from that dtype)
+        planned.metadata[WIDENED_KEY] = json.dumps(widened, sort_keys=True)
     for (src, dst), names in casts.items():
         planned.history.append(Step("cast", f"{len(names)} tensor(s) {src} -> {dst}"))
     losses.extend(fmt.plan_losses(planned, ctx))
@@ -164,5 +214,5 @@ def make_plan(model: Model, fmt: Format, ctx: WriteContext, dtype: Optional[str]
     for loss in losses:
         if loss.severity != WARNING:
             planned.history.append(Step("loss", f"{loss.kind} {loss.subject}: {loss.detail}"))
-    return Plan(planned, fmt, losses, dict(casts))
+    return Plan(planned, fmt, losses, dict(casts), restored)
 
