@@ -173,14 +173,18 @@ class FileSlice(Source):
 class StridedView(Source):
     """A strided view into a storage blob (torch tensors: offset, sizes and strides in elements).
 
-    The caller checks bounds before building it (FormatError on a view reaching past its storage).
+    ``storage()`` returns the storage's bytes (uint8, at least ``storage_elems * itemsize``).  The
+    constructor refuses (ValueError) a view reaching outside the storage; callers check first to
+    report a FormatError.  ``on_release`` is called when a consumer is done with the tensor.
     """
 
     kind = "view"
 
     def __init__(self, storage: Callable[[], np.ndarray], itemsize: int, elem_offset: int,
-                 shape: Sequence[int], strides: Sequence[int], storage_elems: int) -> None:
+                 shape: Sequence[int], strides: Sequence[int], storage_elems: int,
+                 on_release: Optional[Callable[[], None]] = None) -> None:
         self.storage = storage
+        self.on_release = on_release
         self.itemsize = itemsize
         self.elem_offset = elem_offset
         self.shape = tuple(int(s) for s in shape)
@@ -189,21 +193,41 @@ class StridedView(Source):
         check_view_bounds(self.shape, self.strides, elem_offset, storage_elems)
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) copied out of the storage; only those rows are ever materialized.
+
+        Rows are the view's leading indices in C order.  Within one index of the dimensions before
+        the last two, rows are equally spaced (stride[-2]), so each such block is one 2-D strided
+        window; the blocks a chunk touches are copied one after another."""
         cols = shape_cols(self.shape)
-        if numel(self.shape) == 0:
-            return np.zeros((stop - start, cols * self.itemsize), dtype=np.uint8)
+        n = stop - start
+        if numel(self.shape) == 0 or n <= 0:
+            return np.zeros((max(n, 0), cols * self.itemsize), dtype=np.uint8)
         blob = self.storage()
         dt = np.dtype(f"V{self.itemsize}")
-        base = blob.view(dt) if blob.dtype != dt else blob
-        full = np.lib.stride_tricks.as_strided(
-            base[self.elem_offset:],
-            shape=self.shape or (1,),
-            strides=tuple(s * self.itemsize for s in self.strides) or (self.itemsize,),
-            writeable=False,
-        )
-        rows = full.reshape(-1, cols) if len(self.shape) > 1 else full.reshape(1, cols)
-        out = np.ascontiguousarray(rows[start:stop])
-        return out.view(np.uint8).reshape(stop - start, cols * self.itemsize)
+        base = blob[: self.storage_elems * self.itemsize].view(dt) if blob.dtype != dt else blob
+        # a 0-d or 1-d view is one row: pad to 2-d with extent-1, stride-0 dimensions
+        pad = max(0, 2 - len(self.shape))
+        shape, strides = (1,) * pad + self.shape, (0,) * pad + self.strides
+        outer_shape, outer_strides = shape[:-2], strides[:-2]
+        inner, row_stride, col_stride = shape[-2], strides[-2], strides[-1]
+        out = np.empty((n, cols), dtype=dt)
+        r = start
+        while r < stop:
+            block, i = divmod(r, inner)
+            take = min(stop - r, inner - i)
+            offset = self.elem_offset + i * row_stride
+            for idx, s in zip(np.unravel_index(block, outer_shape) if outer_shape else (), outer_strides):
+                offset += int(idx) * s
+            window = np.lib.stride_tricks.as_strided(
+                base[offset:], shape=(take, cols), strides=(row_stride * self.itemsize, col_stride * self.itemsize),
+                writeable=False)
+            out[r - start:r - start + take] = window
+            r += take
+        return out.view(np.uint8).reshape(n, cols * self.itemsize)
+
+    def release(self) -> None:
+        if self.on_release is not None:
+            self.on_release()
 
 
 def check_view_bounds(shape: Sequence[int], strides: Sequence[int], offset: int, storage_elems: int) -> None:
