@@ -60,7 +60,7 @@ TAR_MEMBERS = (b"sys_info", b"pickle", b"tensors", b"storages")
 
 MAX_INFLATED_STORAGE_BYTES = 1 << 30
 MAX_WALK_DEPTH = 64
-MAX_WALK_NODES = 1_000_000
+MAX_WALK_NODES = 500_000
 
 
 def container_kind(head: bytes) -> Optional[str]:
@@ -142,18 +142,16 @@ def _load_zip(f: Any, path: str) -> Loaded:
         prev = storages.get(spec.key)
         if prev is not None:
             if (prev.dtype, prev.numel) != (ref.dtype, ref.numel):
-                raise FormatError(f"storage {spec.key!r} is declared twice with different types or sizes",
-                                  member=name)
+                raise FormatError(f"storage {spec.key!r} is declared twice with different types or sizes")
             return prev
         if ref.nbytes != m.size:
             raise FormatError(f"storage {spec.key!r} declares {spec.numel} {ref.dtype or 'byte'} elements "
-                              f"({ref.nbytes} bytes) but its record holds {m.size} bytes", member=name)
+                              f"({ref.nbytes} bytes) but its record holds {m.size} bytes")
         if m.method != STORED:
             inflated[0] += m.size
             if inflated[0] > MAX_INFLATED_STORAGE_BYTES:
                 raise FormatError(f"compressed storages exceed {MAX_INFLATED_STORAGE_BYTES} bytes in total; "
-                                  "re-save the checkpoint uncompressed (torch.save stores them uncompressed)",
-                                  member=name)
+                                  "re-save the checkpoint uncompressed (torch.save stores them uncompressed)")
         ref.source = m
         storages[spec.key] = ref
         return ref

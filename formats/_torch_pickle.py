@@ -301,7 +301,8 @@ def _rebuild_from_type_v2(args: tuple[Any, ...]) -> TensorRef:
         raise _bad(fn, f"takes 4 arguments, got {len(args)}")
     func, new_type, inner, state = args
     if not (isinstance(func, Global) and func.rebuilds_tensor and func.call is not None):
-        raise _bad(fn, f"func argument is a {_kind(func)}, not a tensor rebuild function")
+        what = func.name if isinstance(func, Global) else f"a {_kind(func)}"
+        raise _bad(fn, f"func argument is {what}, not a tensor rebuild function")
     if new_type is not TENSOR_TYPE and new_type is not PARAMETER_TYPE:
         raise _bad(fn, f"type argument must be torch.Tensor or torch.nn.parameter.Parameter, got {_kind(new_type)}")
     if type(inner) is not tuple:
@@ -540,8 +541,9 @@ class Unpickler:
             self._count(len(items) // 2)
             for k, v in zip(items[::2], items[1::2]):
                 tk = type(k)
-                if not (tk is str or tk is bytes or tk is bool or k is None
-                        or (tk is int and -MAX_INT_KEY < k < MAX_INT_KEY)):
+                if tk is int and not -MAX_INT_KEY < k < MAX_INT_KEY:
+                    raise FormatError(f"dict key {k} is out of range", offset=at)
+                if not (tk is str or tk is bytes or tk is bool or tk is int or k is None):
                     raise FormatError(f"dict key of type {_kind(k)} is not allowed", offset=at)
                 target[k] = v
 

@@ -404,12 +404,15 @@ class PthFormat(Format):
                 kind = _torch_file.container_kind(f.read(512))
                 if kind == "zip":
                     names = read_directory(f, path, check_local=False).members
-                    return 1.0 if any(n.endswith("/data.pkl") for n in names) else 0.0
+                    if any(n.endswith("/data.pkl") for n in names):
+                        return 1.0
         except FormatError:
-            # a damaged zip named like a checkpoint: let the reader say what is wrong with it
-            return 0.5 if path.endswith((".pth", ".pt")) else 0.0
+            pass
         except OSError:
             return 0.0
+        if kind == "zip":
+            # a damaged or foreign zip named like a checkpoint: let the reader say what is wrong with it
+            return 0.5 if path.endswith((".pth", ".pt")) else 0.0
         return {"legacy": 1.0, "tar": 0.9}.get(kind or "", 0.0)
 
     def read(self, path: str, ctx: ReadContext) -> Model:
