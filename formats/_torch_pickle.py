@@ -385,6 +385,8 @@ def _globals() -> dict[str, Global]:
 
 
 GLOBALS = _globals()
+#: protocol 2 spells builtins with their Python 2 module (pickle's fix_imports), as torch maps them
+GLOBALS["__builtin__.set"] = GLOBALS["builtins.set"]
 #: module.name -> inert value of the global itself (pushed as is)
 VALUES: dict[str, Any] = {
     **{f"torch.{k}": StorageType(f"torch.{k}", v) for k, v in STORAGE_TYPES.items()},
