@@ -487,10 +487,10 @@ class Unpickler:
         return obj, inp.pos
 
     # -- helpers --------------------------------------------------------------------------------
-    def _count(self, n: int = 1) -> None:
+    def _count(self, n: int, at: int) -> None:
         self.objects += n
         if self.objects > MAX_OBJECTS:
-            raise FormatError(f"pickle builds more than {MAX_OBJECTS} objects and container slots")
+            raise FormatError(f"pickle builds more than {MAX_OBJECTS} objects and container slots", offset=at)
 
     def _run(self, inp: _Input) -> Any:
         stack: list[Any] = []
@@ -517,7 +517,7 @@ class Unpickler:
             stack.append(x)
 
         def new(x: Any) -> None:
-            self._count()
+            self._count(1, at)
             push(x)
 
         def top(what: str) -> Any:
@@ -540,7 +540,7 @@ class Unpickler:
         def setitems(target: Any, items: Sequence[Any]) -> None:
             if type(target) is not dict and type(target) is not PickledOrderedDict:
                 raise FormatError(f"SETITEM on a {_kind(target)} (only dicts take items)", offset=at)
-            self._count(len(items) // 2)
+            self._count(len(items) // 2, at)
             for k, v in zip(items[::2], items[1::2]):
                 tk = type(k)
                 if tk is int and not -MAX_INT_KEY < k < MAX_INT_KEY:
@@ -552,7 +552,7 @@ class Unpickler:
         def append(target: Any, items: list[Any]) -> None:
             if type(target) is not list:
                 raise FormatError(f"APPEND on a {_kind(target)} (only lists take appends)", offset=at)
-            self._count(len(items))
+            self._count(len(items), at)
             target.extend(items)
 
         at = inp.pos
@@ -617,7 +617,7 @@ class Unpickler:
                 new(set())
             elif op == 0x74:                                         # TUPLE
                 items = pop_mark()
-                self._count(len(items))
+                self._count(len(items), at)
                 new(tuple(items))
             elif op in (0x85, 0x86, 0x87):                           # TUPLE1/2/3
                 n = op - 0x84
@@ -711,7 +711,7 @@ class Unpickler:
             raise FormatError(f"BUILD state is a {_kind(state)}, not a dict", offset=at)
         if inst.state is not None:
             raise FormatError(f"BUILD applied twice to one {_kind(inst)}", offset=at)
-        self._count(len(state))
+        self._count(len(state), at)
         inst.state = state
 
     def _persistent(self, pid: Any, at: int) -> StorageRef:

@@ -144,16 +144,20 @@ def train_checkpoint(path: str, hp: dict[str, Any], seed: int = 0, compiled: boo
                      ) -> "OrderedDict[str, torch.Tensor]":
     """llama2.c train.py's ckpt.pt: model (with torch.compile's prefix), model_args, AdamW state, ..."""
     sd = meta_state(hp, seed, dtype=torch.float32)
-    params = [torch.nn.Parameter(t.clone()) for t in sd.values()]
-    opt = torch.optim.AdamW(params, lr=1e-3)
-    for p in params:
-        p.grad = torch.ones_like(p)
-    opt.step()
+    # torch.optim.AdamW(...).state_dict() after one step (built by hand: the optimizer's first use
+    # costs seconds of imports)
+    optimizer = {
+        "state": {i: {"step": torch.tensor(1.0), "exp_avg": torch.full_like(t, 0.1),
+                      "exp_avg_sq": torch.full_like(t, 0.001)} for i, t in enumerate(sd.values())},
+        "param_groups": [{"lr": 0.001, "betas": (0.9, 0.999), "eps": 1e-08, "weight_decay": 0.01,
+                          "amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
+                          "differentiable": False, "fused": None, "decoupled_weight_decay": True,
+                          "params": list(range(len(sd)))}]}
     model = OrderedDict((("_orig_mod." if compiled else "") + k, v) for k, v in sd.items())
     model_args = {"dim": hp["n_embd"], "n_layers": hp["n_layer"], "n_heads": hp["n_head"],
                   "n_kv_heads": hp["n_head_kv"], "vocab_size": hp["n_vocab"], "hidden_dim": hp["n_ff"],
                   "multiple_of": 32, "norm_eps": hp["norm_eps"], "max_seq_len": hp["n_ctx"], "dropout": 0.0}
-    torch.save({"model": model, "optimizer": opt.state_dict(), "model_args": model_args, "iter_num": 2000,
+    torch.save({"model": model, "optimizer": optimizer, "model_args": model_args, "iter_num": 2000,
                 "best_val_loss": torch.tensor(1.25), "config": {"out_dir": "out", "dtype": "bfloat16",
                                                                  "betas": (0.9, 0.95), "compile": compiled}}, path)
     return sd
