@@ -90,11 +90,14 @@ MODEL_KEYS = ("model", "state_dict")
 COMPILE_PREFIX = "_orig_mod."
 LAYOUTS = ("state_dict", "checkpoint")
 
-#: hparams a reader recovers from a bare state_dict's tensor shapes (n_head_kv too, once n_head is given)
-SHAPE_HPARAMS = frozenset({"n_vocab", "n_embd", "n_ff", "n_layer", "n_head_kv"})
 #: params.json (Meta dir) and model_args (checkpoint layout) keys, canonical -> Meta spelling
 PARAMS_KEYS = {"n_embd": "dim", "n_layer": "n_layers", "n_head": "n_heads", "n_head_kv": "n_kv_heads",
                "n_vocab": "vocab_size"}
+#: hparams each output layout keeps: model_args holds all of them, params.json all but n_ctx, and a bare
+#: state_dict only what a reader recovers from tensor shapes (n_head_kv once n_head is given)
+CHECKPOINT_HPARAMS = frozenset({*PARAMS_KEYS, "n_ff", "n_ctx", "norm_eps", "rope_theta"})
+DIRECTORY_HPARAMS = CHECKPOINT_HPARAMS - {"n_ctx"}
+STATE_DICT_HPARAMS = frozenset({"n_vocab", "n_embd", "n_ff", "n_layer", "n_head_kv"})
 DEFAULT_THETA = 10000.0
 
 
@@ -375,8 +378,8 @@ class PthFormat(Format):
     description = ("PyTorch checkpoint (zip or legacy torch.save, TorchScript weights), Meta consolidated.*.pth "
                    "directory, HF pytorch_model*.bin")
     dtypes = _torch_save.WRITABLE_DTYPES
-    #: what is stored depends on the layout: plan_losses reports it
-    stored_hparams = None
+    #: the most a layout keeps (-O layout=checkpoint); plan_losses reports what the others lose
+    stored_hparams = CHECKPOINT_HPARAMS
     stores_tokenizer = True
     stores_metadata = False
     has_directory_layout = True
@@ -423,27 +426,26 @@ class PthFormat(Format):
         losses: list[Loss] = []
         tok = model.tokenizer
         if ctx.as_directory:
-            stored = set(PARAMS_KEYS) | {"n_ff", "norm_eps", "rope_theta"}
+            kept = DIRECTORY_HPARAMS
             if tok is not None and sentencepiece_bytes(tok) is None:
                 losses.append(Loss("tokenizer", f"({len(tok)} tokens)", f"a {tok.model} tokenizer has no "
                                    "tokenizer.model form; dropped", LOSSY))
         else:
-            stored = (set(PARAMS_KEYS) | {"n_ff", "norm_eps", "rope_theta", "n_ctx"}) if layout == "checkpoint" \
-                else set(SHAPE_HPARAMS)
+            kept = CHECKPOINT_HPARAMS if layout == "checkpoint" else STATE_DICT_HPARAMS
             if tok is not None:
                 losses.append(Loss("tokenizer", f"({len(tok)} tokens)", "a single .pth file has no slot for it "
                                    "(write OUT/ for a Meta directory with tokenizer.model); dropped", LOSSY))
         defaults = table(model.arch).defaults
         for key, value in sorted(model.hparams.items()):
-            if key in stored or (not ctx.as_directory and layout == "state_dict" and defaults.get(key) == value):
+            # keys beyond stored_hparams are reported by core's planner
+            if key in kept or key not in self.stored_hparams:
                 continue
-            if ctx.as_directory and key == "n_ctx":
+            if ctx.as_directory:   # only n_ctx
                 losses.append(Loss("hparam", key, f"{value!r} is not stored in params.json; Meta's loader takes "
                                    "it at load time (max_seq_len)", WARNING))
-                continue
-            where = "a bare state_dict (use -O layout=checkpoint or OUT/)" if not ctx.as_directory else "params.json"
-            losses.append(Loss("hparam", key, f"{value!r} cannot be stored in {where}; a reader needs "
-                               f"--hparam {key}={value}", LOSSY))
+            elif defaults.get(key) != value:   # a reader assumes the default
+                losses.append(Loss("hparam", key, f"{value!r} cannot be stored in a bare state_dict (use -O "
+                                   f"layout=checkpoint or OUT/); a reader needs --hparam {key}={value}", LOSSY))
         return losses
 
     def write(self, model: Model, path: str, ctx: WriteContext) -> None:
