@@ -269,11 +269,13 @@ class Derived(Source):
     kind = "derived"
 
     def __init__(self, op: str, inputs: Sequence["Tensor"], fn: Callable[[int, int], np.ndarray],
-                 attrs: Optional[Mapping[str, Any]] = None) -> None:
+                 attrs: Optional[Mapping[str, Any]] = None,
+                 release_rows: Optional[Callable[[int, int], None]] = None) -> None:
         self.op = op
         self.inputs = tuple(inputs)
         self.fn = fn
         self.attrs = dict(attrs or {})
+        self._release_rows = release_rows
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         return np.ascontiguousarray(self.fn(start, stop), dtype=np.uint8)
@@ -283,8 +285,9 @@ class Derived(Source):
             t.source.release()
 
     def release_rows(self, start: int, stop: int) -> None:
-        # row mapping may differ; inputs are released whole once the consumer finishes
-        pass
+        # the row mapping is the transform's: without one, inputs are released whole at the end
+        if self._release_rows is not None:
+            self._release_rows(start, stop)
 
     def files(self) -> tuple[str, ...]:
         out: list[str] = []
@@ -451,14 +454,17 @@ def concat(name: str, parts: Sequence[Tensor], axis: int) -> Tensor:
     if axis == nd - 1:
         def rows(start: int, stop: int) -> np.ndarray:
             return np.concatenate([p.read_rows(start, stop) for p in parts], axis=1)
+
+        def release_rows(start: int, stop: int) -> None:
+            for p in parts:
+                p.source.release_rows(start, stop)
     else:
         # rows are grouped in runs of prod(shape[axis:-1]) for every outer index
-        outer = shape_rows(shape_t[:axis] + (1,))
         run_len = [shape_rows(p.shape[axis:]) for p in parts]
         total_run = sum(run_len)
 
-        def rows(start: int, stop: int) -> np.ndarray:
-            out = []
+        def pieces(start: int, stop: int) -> Iterator[tuple[int, int, int]]:
+            """(part, first row, row count) of output rows [start, stop), in order."""
             r = start
             while r < stop:
                 o, within = divmod(r, total_run)
@@ -468,12 +474,17 @@ def concat(name: str, parts: Sequence[Tensor], axis: int) -> Tensor:
                     k += 1
                 local = within - acc
                 take = min(stop - r, run_len[k] - local)
-                base = o * run_len[k] + local
-                out.append(parts[k].read_rows(base, base + take))
+                yield k, o * run_len[k] + local, take
                 r += take
+
+        def rows(start: int, stop: int) -> np.ndarray:
+            out = [parts[k].read_rows(base, base + n) for k, base, n in pieces(start, stop)]
             return np.concatenate(out, axis=0) if out else np.zeros((0, first.row_bytes), np.uint8)
-        del outer
-    return Tensor(name, shape_t, first.dtype, Derived("concat", parts, rows, {"axis": axis}))
+
+        def release_rows(start: int, stop: int) -> None:
+            for k, base, n in pieces(start, stop):
+                parts[k].source.release_rows(base, base + n)
+    return Tensor(name, shape_t, first.dtype, Derived("concat", parts, rows, {"axis": axis}, release_rows))
 
 
 def map_values(t: Tensor, fn: Callable[[np.ndarray], np.ndarray], op: str, dtype: Optional[DType] = None) -> Tensor:

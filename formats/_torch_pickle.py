@@ -413,9 +413,12 @@ class RecordClass:
 # the VM
 # ==================================================================================================
 
+#: opcode byte -> name, for messages
+OPCODE_NAMES = {ord(info.code): info.name for info in pickletools.opcodes}
+
+
 def _op_name(code: int) -> str:
-    info = pickletools.code2op.get(chr(code))
-    return info.name if info else "unknown"
+    return OPCODE_NAMES.get(code, "unknown")
 
 
 class _Input:

@@ -184,3 +184,28 @@ def test_state_dict_without_sidecars_needs_n_head(tmp_path):
     r = cli("inspect", path, "--hparam", "n_head=8")
     assert r.rc == 0, r.err
     assert "n_head_kv    2 " in r.out
+
+
+def test_concat_releases_exactly_the_rows_it_read():
+    """Merged Meta shards stream: after each chunk, the shards' rows behind it are released."""
+    import numpy as np
+
+    from mconv.plugins import InMemory, Tensor, concat, get_dtype
+
+    class Recording(InMemory):
+        def __init__(self, raw: np.ndarray) -> None:
+            super().__init__(raw)
+            self.released: list[tuple[int, int]] = []
+
+        def release_rows(self, start: int, stop: int) -> None:
+            self.released.append((start, stop))
+
+    f32 = get_dtype("f32")
+    parts = [Tensor(f"p{i}", (2, 3, 4), f32, Recording(np.full((6, 16), i, np.uint8))) for i in range(2)]
+    t = concat("t", parts, axis=1)                     # output rows: per outer index 3 of p0 then 3 of p1
+    assert t.shape == (2, 6, 4)
+    assert [c.shape[0] for c in t.iter_chunks(max_bytes=4 * 16)] == [4, 4, 4]
+    # chunks [0,4) [4,8) [8,12) = p0[0:3] p1[0:1] | p1[1:3] p0[3:5] | p0[5:6] p1[3:6]
+    assert parts[0].source.released == [(0, 3), (3, 5), (5, 6)]
+    assert parts[1].source.released == [(0, 1), (1, 3), (3, 6)]
+    assert t.raw()[:, 0].tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1]
