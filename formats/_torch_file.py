@@ -160,9 +160,7 @@ def _load_zip(f: Any, path: str) -> Loaded:
     try:
         data = read_member(f, d.members[pkl], path, MAX_PICKLE_BYTES)
         obj = Unpickler(load_storage, torchscript=torchscript).loads(data)
-    except FormatError as e:
-        raise e.at(path=path, member=pkl)
-    except UnsupportedError as e:
+    except (FormatError, UnsupportedError) as e:
         raise e.at(path=path, member=pkl)
     return Loaded(path, obj, "torchscript" if torchscript else "zip", storages, prefix)
 
@@ -203,7 +201,8 @@ def _load_legacy(f: Any, path: str) -> Loaded:
         at = pos
         proto, pos = Unpickler(_no_storage, legacy=True).load_from(f, pos, size)
         if type(proto) is not int or proto != LEGACY_PROTOCOL_VERSION:
-            raise FormatError(f"legacy protocol version {proto!r} is not {LEGACY_PROTOCOL_VERSION}", offset=at)
+            what = proto if type(proto) is int else f"a {type(proto).__name__}"
+            raise FormatError(f"legacy protocol version is {what}, not {LEGACY_PROTOCOL_VERSION}", offset=at)
         at = pos
         sys_info, pos = Unpickler(_no_storage, legacy=True).load_from(f, pos, size)
         if type(sys_info) is not dict:

@@ -41,6 +41,7 @@ import json
 import os
 import re
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from mconv.plugins import (
@@ -63,8 +64,9 @@ from mconv.plugins import (
     concat,
     drop_unset,
     hookimpl,
-    load_json_sidecar,
+    merge_shards,
     read_sentencepiece_file,
+    read_weight_map,
     resolve,
     sentencepiece_bytes,
     sidecar_hparams,
@@ -105,15 +107,14 @@ DEFAULT_THETA = 10000.0
 # reading
 # ==================================================================================================
 
+@dataclass(frozen=True)
 class _Part:
     """The tensors (raw names) and own hparams of one checkpoint file."""
 
-    def __init__(self, path: str, tensors: dict[str, Tensor], model_args: Optional[dict[str, Any]],
-                 notes: list[str]) -> None:
-        self.path = path
-        self.tensors = tensors
-        self.model_args = model_args
-        self.notes = notes
+    path: str
+    tensors: dict[str, Tensor]
+    model_args: Optional[dict[str, Any]]
+    notes: list[str]
 
 
 def _is_dict(x: Any) -> bool:
@@ -151,6 +152,7 @@ def _read_part(path: str, ctx: ReadContext) -> _Part:
     for name, leaf in _torch_file.walk(obj, path=path):
         if not isinstance(leaf, TensorRef):
             continue
+        name = name or "tensor"   # torch.save(a_tensor)
         if name.startswith(COMPILE_PREFIX):
             name = name[len(COMPILE_PREFIX):]
             stripped = True
@@ -178,21 +180,6 @@ def _numbered(files: list[str], rx: re.Pattern[str], what: str, directory: str) 
     return [os.path.join(directory, m.group(0)) for _, m in matched]
 
 
-def _hf_index(directory: str) -> tuple[list[str], dict[str, str]]:
-    index_path = os.path.join(directory, HF_INDEX)
-    wmap = load_json_sidecar(index_path).get("weight_map")
-    if not isinstance(wmap, dict) or not wmap:
-        raise FormatError("weight_map missing or empty", path=index_path)
-    shards: list[str] = []
-    for tensor, shard in wmap.items():
-        if not isinstance(shard, str) or not shard or os.path.basename(shard) != shard or shard in (".", ".."):
-            raise FormatError(f"shard {shard!r} of tensor {tensor!r} is not a file name in the same directory",
-                              path=index_path)
-        if shard not in shards:
-            shards.append(shard)
-    return [os.path.join(directory, s) for s in shards], wmap
-
-
 def _discover(path: str) -> tuple[str, list[str], Optional[dict[str, str]]]:
     """(layout, files, HF weight map) of an input: layout "meta", "hf" or "single"."""
     if not os.path.isdir(path):
@@ -204,7 +191,7 @@ def _discover(path: str) -> tuple[str, list[str], Optional[dict[str, str]]]:
         return "single", [path], None
     entries = sorted(os.listdir(path))
     if HF_INDEX in entries:
-        files, wmap = _hf_index(path)
+        files, wmap = read_weight_map(os.path.join(path, HF_INDEX))
         return "hf", files, wmap
     if any(HF_SHARD_RE.match(e) for e in entries):
         return "hf", _numbered(entries, HF_SHARD_RE, "pytorch_model-*.bin", path), None
@@ -243,23 +230,6 @@ def _merge_meta(parts: list[_Part]) -> tuple[dict[str, Tensor], list[str]]:
     return out, [f"merged {len(parts)} model-parallel shards (Meta layout)"]
 
 
-def _merge_hf(parts: list[_Part], wmap: Optional[dict[str, str]], directory: str) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    for p in parts:
-        for name, t in p.tensors.items():
-            if name in out:
-                raise FormatError("tensor appears in two shards", path=p.path, tensor=name)
-            if wmap is not None and wmap.get(name) != os.path.basename(p.path):
-                raise FormatError(f"tensor is not listed for this shard in {HF_INDEX}", path=p.path, tensor=name)
-            out[name] = t
-    if wmap is not None:
-        missing = sorted(set(wmap) - set(out))
-        if missing:
-            raise FormatError(f"{len(missing)} tensor(s) listed in {HF_INDEX} are in no shard, e.g. {missing[0]!r}",
-                              path=directory)
-    return out
-
-
 def read_pth(path: str, ctx: ReadContext) -> Model:
     layout, files, wmap = _discover(path)
     directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
@@ -272,7 +242,7 @@ def read_pth(path: str, ctx: ReadContext) -> Model:
         raw, merge_notes = _merge_meta(parts)
         notes += merge_notes
     elif layout == "hf":
-        raw = _merge_hf(parts, wmap, directory)
+        raw = merge_shards([(p.path, p.tensors) for p in parts], wmap, os.path.join(directory, HF_INDEX))
     else:
         raw = parts[0].tensors
 

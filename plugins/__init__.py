@@ -85,6 +85,7 @@ from mconv.core.ir import (
 )
 from mconv.core.names import NameTable, rope_permute_order, rope_unpermute_order, table
 from mconv.core.plan import CONSENTED, LOSSY, WARNING, Loss
+from mconv.core.shards import merge_shards, read_weight_map
 from mconv.core.tokenizers import (
     read_sentencepiece_file,
     sentencepiece_bytes,
