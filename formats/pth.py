@@ -248,15 +248,8 @@ def read_pth(path: str, ctx: ReadContext) -> Model:
 
     names = table("llama")
     convention = ctx.names or names.detect_convention(raw, ("meta", "hf", "gguf"))[0]
-    tensors: dict[str, Tensor] = {}
-    for name, t in raw.items():
-        if names.is_ignored(name, convention):
-            notes.append(f"ignored {name}")
-            continue
-        canonical = names.to_canonical(name, convention) or name
-        if canonical in tensors:
-            raise FormatError(f"two tensors map to {canonical!r}", path=path, tensor=name)
-        tensors[canonical] = t.with_name(canonical)
+    tensors, ignored = names.canonical_tensors(raw, convention)
+    notes.extend(f"ignored {name}" for name in ignored)
 
     model = Model(arch="llama", hparams={}, tensors=tensors, format="pth",
                   files=tuple(os.path.abspath(f) for f in files), cache=ctx.cache)

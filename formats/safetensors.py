@@ -218,14 +218,7 @@ def read_safetensors(path: str, ctx: ReadContext) -> Model:
 
     names = table("llama")
     convention = ctx.names or names.detect_convention(raw, ("hf", "meta", "gguf"))[0]
-    tensors: dict[str, Tensor] = {}
-    for name, t in raw.items():
-        if names.is_ignored(name, convention):
-            continue
-        canonical = names.to_canonical(name, convention) or name
-        if canonical in tensors:
-            raise FormatError(f"two tensors map to {canonical!r}", path=path, tensor=name)
-        tensors[canonical] = t.with_name(canonical)
+    tensors = names.canonical_tensors(raw, convention)[0]
 
     model = Model(arch="llama", hparams={}, tensors=tensors, format="safetensors",
                   files=tuple(os.path.abspath(f) for f in files), cache=ctx.cache)
