@@ -327,15 +327,17 @@ class TensorFactory:
     def _mapped(self) -> MappedFile:
         return self.cache.get(self.loaded.path)
 
-    def _storage_bytes(self, ref: StorageRef) -> Callable[[], np.ndarray]:
+    def _located(self, ref: StorageRef) -> tuple[Optional[int], Callable[[], np.ndarray], Optional[Callable[[], None]]]:
+        """(file offset of the storage's bytes when they are stored uncompressed, a function giving
+        the bytes, one releasing their mapped pages)."""
         root, off = _root(ref)
         src = root.source
         if isinstance(src, Member) and src.method != STORED:
             inflated = self._inflated.setdefault(src.name, _Inflated(self.loaded.path, src))
-            return lambda: inflated()[off:off + ref.nbytes]
+            return None, lambda: inflated()[off:off + ref.nbytes], None
         start = (src.data_offset if isinstance(src, Member) else int(src)) + off
         mapped = self._mapped()
-        return lambda: mapped.view(start, ref.nbytes)
+        return start, lambda: mapped.view(start, ref.nbytes), lambda: mapped.release(start, ref.nbytes)
 
     def tensor(self, name: str, t: TensorRef) -> Tensor:
         dt = get_dtype(t.dtype)
@@ -347,10 +349,8 @@ class TensorFactory:
         row_bytes = dt.row_bytes(shape[-1] if shape else 1)
         if numel(shape) == 0:
             return Tensor(name, shape, dt, InMemory(np.zeros((rows, row_bytes), np.uint8)))
-        root, off = _root(t.storage)
-        src = root.source
-        if _contiguous(shape, t.strides) and not (isinstance(src, Member) and src.method != STORED):
-            base = src.data_offset if isinstance(src, Member) else int(src)
-            return Tensor(name, shape, dt, FileSlice(self._mapped(), base + off + t.offset * isz, rows, row_bytes))
-        return Tensor(name, shape, dt, StridedView(self._storage_bytes(t.storage), isz, t.offset, shape, t.strides,
-                                                   t.storage.nbytes // isz))
+        start, data, release = self._located(t.storage)
+        if start is not None and _contiguous(shape, t.strides):
+            return Tensor(name, shape, dt, FileSlice(self._mapped(), start + t.offset * isz, rows, row_bytes))
+        return Tensor(name, shape, dt, StridedView(data, isz, t.offset, shape, t.strides, t.storage.nbytes // isz,
+                                                   release))
