@@ -165,6 +165,13 @@ def test_translate_to_safetensors_and_pth(tmp_path, kind):
         assert_model_equals(m, sd)
         assert m.hparams["n_ff"] == hp["n_ff"]
 
+    # and from the HF-layout safetensors back to a .pth state_dict: q/k return to Meta's layout
+    out_pth = str(tmp_path / "back.pth")
+    r = cli("translate", out_st, out_pth, "--allow-lossy")
+    assert r.rc == 0, r.err
+    back = torch.load(out_pth, weights_only=True)
+    assert {k: torch_bytes(v) for k, v in back.items()} == {k: torch_bytes(v) for k, v in sd.items()}
+
 
 def test_pytorch_bin_file_needs_no_from(tmp_path):
     d = str(tmp_path / "hf")
