@@ -24,6 +24,8 @@ import struct
 from collections import OrderedDict
 from typing import Any, BinaryIO, Callable, Iterator
 
+import numpy as np
+
 from mconv.plugins import Tensor, UnsupportedError
 
 from ._torch_pickle import STORAGE_TYPES, TORCH_DTYPES
@@ -197,10 +199,10 @@ def _fnv1a64(data: bytes) -> int:
     return h
 
 
-def _chunks(t: Tensor, progress: Callable[[int], None]) -> Iterator[memoryview]:
+def _chunks(t: Tensor, progress: Callable[[int], None]) -> Iterator[np.ndarray]:
     for chunk in t.iter_chunks():
         progress(chunk.nbytes)
-        yield memoryview(chunk).cast("B")
+        yield np.ascontiguousarray(chunk)
 
 
 def save(f: BinaryIO, archive: str, obj: Any, progress: Callable[[int], None] = lambda n: None) -> None:

@@ -28,9 +28,9 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Optional
+from typing import Any, BinaryIO, Iterable, Optional
 
-from mconv.plugins import FormatError
+from mconv.plugins import FormatError, MconvError
 
 LOCAL_SIG = b"PK\x03\x04"
 CENTRAL_SIG = b"PK\x01\x02"
@@ -371,8 +371,8 @@ class ZipWriter:
     def write_record(self, name: str, data: bytes) -> None:
         self.write_stream(name, len(data), [data])
 
-    def write_stream(self, name: str, size: int, chunks: Iterable[bytes | memoryview]) -> None:
-        """Write one STORED record of exactly ``size`` bytes from ``chunks``."""
+    def write_stream(self, name: str, size: int, chunks: Iterable[Any]) -> None:
+        """Write one STORED record of exactly ``size`` bytes from ``chunks`` (bytes-like, C-contiguous)."""
         raw = name.encode("utf-8")
         offset = self.pos
         big_size = size >= self.zip64_threshold
@@ -392,7 +392,7 @@ class ZipWriter:
             written += len(view)
             self._write(view)
         if written != size:
-            raise FormatError(f"record {name!r}: wrote {written} bytes, expected {size}")
+            raise MconvError(f"record {name!r}: wrote {written} bytes, expected {size}")
         if size:
             fmt = "<IQQ" if big_size else "<III"
             self._write(DESCRIPTOR_SIG + struct.pack(fmt, crc, size, size))

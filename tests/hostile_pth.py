@@ -4,9 +4,9 @@ reader allocate, loop or read out of bounds, and zip/legacy/tar containers that 
 Each :class:`Case` writes one file and returns its path and the exact error line mconv must print
 (``mconv: error: <message>``).  Payloads that would run code try to create ``marker`` (a file that
 must never appear).  ``heavy`` cases would allocate or inflate gigabytes in a careless reader: run
-them under an address-space limit.  Reusable by fuzzers and corpus builders: ``CASES``,
-``pickle_ops``-style helpers (``op``, ``state_dict_pickle``, ``tensor_expr``) and the container
-builders (``torch_zip``, ``raw_zip``, ``legacy_file``).
+them under an address-space limit.  Reusable by fuzzers and corpus builders: ``CASES``, the pickle
+assembler (``op``, ``tup``, ``pid``, ``tensor_expr``, ``state_dict_pickle``, ``offset_of``) and the
+container builders (``torch_zip``, ``raw_zip`` with lying ``Entry`` fields, ``legacy_file``).
 """
 
 from __future__ import annotations
