@@ -50,6 +50,12 @@ def load_json_sidecar(path: str) -> dict[str, Any]:
     return value
 
 
+def drop_unset(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Canonical hparams without the non-positive integers Meta uses for "not set here" (params.json
+    and ModelArgs say ``vocab_size: -1``: take it from the tokenizer / the tensors)."""
+    return {k: v for k, v in values.items() if not (isinstance(v, int) and not isinstance(v, bool) and v <= 0)}
+
+
 def sidecar_hparams(directory: str, table: NameTable) -> list[tuple[str, dict[str, Any]]]:
     """hparams from config.json (HF) and params.json (Meta) in ``directory``, as (origin, values)."""
     layers = []
@@ -58,7 +64,7 @@ def sidecar_hparams(directory: str, table: NameTable) -> list[tuple[str, dict[st
         if os.path.isfile(path):
             values = load_json_sidecar(path)
             try:
-                layers.append((fname, table.hparams_from(values, convention, fname)))
+                layers.append((fname, drop_unset(table.hparams_from(values, convention, fname))))
             except FormatError as e:
                 raise e.at(path=path)
     return layers

@@ -177,14 +177,18 @@ class FileSlice(Source):
 class StridedView(Source):
     """A strided view into a storage blob (torch tensors: offset, sizes and strides in elements).
 
-    The caller checks bounds before building it (FormatError on a view reaching past its storage).
+    ``storage()`` returns the storage's bytes (uint8, at least ``storage_elems * itemsize``).  The
+    constructor refuses (ValueError) a view reaching outside the storage; callers check first to
+    report a FormatError.  ``on_release`` is called when a consumer is done with the tensor.
     """
 
     kind = "view"
 
     def __init__(self, storage: Callable[[], np.ndarray], itemsize: int, elem_offset: int,
-                 shape: Sequence[int], strides: Sequence[int], storage_elems: int) -> None:
+                 shape: Sequence[int], strides: Sequence[int], storage_elems: int,
+                 on_release: Optional[Callable[[], None]] = None) -> None:
         self.storage = storage
+        self.on_release = on_release
         self.itemsize = itemsize
         self.elem_offset = elem_offset
         self.shape = tuple(int(s) for s in shape)
@@ -193,21 +197,41 @@ class StridedView(Source):
         check_view_bounds(self.shape, self.strides, elem_offset, storage_elems)
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) copied out of the storage; only those rows are ever materialized.
+
+        Rows are the view's leading indices in C order.  Within one index of the dimensions before
+        the last two, rows are equally spaced (stride[-2]), so each such block is one 2-D strided
+        window; the blocks a chunk touches are copied one after another."""
         cols = shape_cols(self.shape)
-        if numel(self.shape) == 0:
-            return np.zeros((stop - start, cols * self.itemsize), dtype=np.uint8)
+        n = stop - start
+        if numel(self.shape) == 0 or n <= 0:
+            return np.zeros((max(n, 0), cols * self.itemsize), dtype=np.uint8)
         blob = self.storage()
         dt = np.dtype(f"V{self.itemsize}")
-        base = blob.view(dt) if blob.dtype != dt else blob
-        full = np.lib.stride_tricks.as_strided(
-            base[self.elem_offset:],
-            shape=self.shape or (1,),
-            strides=tuple(s * self.itemsize for s in self.strides) or (self.itemsize,),
-            writeable=False,
-        )
-        rows = full.reshape(-1, cols) if len(self.shape) > 1 else full.reshape(1, cols)
-        out = np.ascontiguousarray(rows[start:stop])
-        return out.view(np.uint8).reshape(stop - start, cols * self.itemsize)
+        base = blob[: self.storage_elems * self.itemsize].view(dt) if blob.dtype != dt else blob
+        # a 0-d or 1-d view is one row: pad to 2-d with extent-1, stride-0 dimensions
+        pad = max(0, 2 - len(self.shape))
+        shape, strides = (1,) * pad + self.shape, (0,) * pad + self.strides
+        outer_shape, outer_strides = shape[:-2], strides[:-2]
+        inner, row_stride, col_stride = shape[-2], strides[-2], strides[-1]
+        out = np.empty((n, cols), dtype=dt)
+        r = start
+        while r < stop:
+            block, i = divmod(r, inner)
+            take = min(stop - r, inner - i)
+            offset = self.elem_offset + i * row_stride
+            for idx, s in zip(np.unravel_index(block, outer_shape) if outer_shape else (), outer_strides):
+                offset += int(idx) * s
+            window = np.lib.stride_tricks.as_strided(
+                base[offset:], shape=(take, cols), strides=(row_stride * self.itemsize, col_stride * self.itemsize),
+                writeable=False)
+            out[r - start:r - start + take] = window
+            r += take
+        return out.view(np.uint8).reshape(n, cols * self.itemsize)
+
+    def release(self) -> None:
+        if self.on_release is not None:
+            self.on_release()
 
 
 def check_view_bounds(shape: Sequence[int], strides: Sequence[int], offset: int, storage_elems: int) -> None:
@@ -249,13 +273,13 @@ class Derived(Source):
     kind = "derived"
 
     def __init__(self, op: str, inputs: Sequence["Tensor"], fn: Callable[[int, int], np.ndarray],
-                 attrs: Optional[Mapping[str, Any]] = None, rowwise: bool = False) -> None:
+                 attrs: Optional[Mapping[str, Any]] = None,
+                 release_rows: Optional[Callable[[int, int], None]] = None) -> None:
         self.op = op
         self.inputs = tuple(inputs)
         self.fn = fn
         self.attrs = dict(attrs or {})
-        #: row i of the result comes from row i of every input (casts): pages can be released per chunk
-        self.rowwise = rowwise
+        self._release_rows = release_rows
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         return np.ascontiguousarray(self.fn(start, stop), dtype=np.uint8)
@@ -265,10 +289,9 @@ class Derived(Source):
             t.source.release()
 
     def release_rows(self, start: int, stop: int) -> None:
-        # other row mappings release their inputs whole once the consumer finishes
-        if self.rowwise:
-            for t in self.inputs:
-                t.source.release_rows(start, stop)
+        # the row mapping is the transform's: without one, inputs are released whole at the end
+        if self._release_rows is not None:
+            self._release_rows(start, stop)
 
     def files(self) -> tuple[str, ...]:
         out: list[str] = []
@@ -446,7 +469,7 @@ def cast(t: Tensor, dtype: DType) -> Tensor:
 
     dtype.row_bytes(t.n_cols)  # raise early when the row is not a whole number of blocks
     return Tensor(t.name, t.shape, dtype, Derived("cast", [t], rows, {"from": src.name, "to": dtype.name},
-                                                  rowwise=True))
+                                                  release_rows=t.source.release_rows))
 
 
 def permute_rows(t: Tensor, order: np.ndarray, op: str, attrs: Optional[Mapping[str, Any]] = None) -> Tensor:
@@ -482,14 +505,17 @@ def concat(name: str, parts: Sequence[Tensor], axis: int) -> Tensor:
     if axis == nd - 1:
         def rows(start: int, stop: int) -> np.ndarray:
             return np.concatenate([p.read_rows(start, stop) for p in parts], axis=1)
+
+        def release_rows(start: int, stop: int) -> None:
+            for p in parts:
+                p.source.release_rows(start, stop)
     else:
         # rows are grouped in runs of prod(shape[axis:-1]) for every outer index
-        outer = shape_rows(shape_t[:axis] + (1,))
         run_len = [shape_rows(p.shape[axis:]) for p in parts]
         total_run = sum(run_len)
 
-        def rows(start: int, stop: int) -> np.ndarray:
-            out = []
+        def pieces(start: int, stop: int) -> Iterator[tuple[int, int, int]]:
+            """(part, first row, row count) of output rows [start, stop), in order."""
             r = start
             while r < stop:
                 o, within = divmod(r, total_run)
@@ -499,12 +525,17 @@ def concat(name: str, parts: Sequence[Tensor], axis: int) -> Tensor:
                     k += 1
                 local = within - acc
                 take = min(stop - r, run_len[k] - local)
-                base = o * run_len[k] + local
-                out.append(parts[k].read_rows(base, base + take))
+                yield k, o * run_len[k] + local, take
                 r += take
+
+        def rows(start: int, stop: int) -> np.ndarray:
+            out = [parts[k].read_rows(base, base + n) for k, base, n in pieces(start, stop)]
             return np.concatenate(out, axis=0) if out else np.zeros((0, first.row_bytes), np.uint8)
-        del outer
-    return Tensor(name, shape_t, first.dtype, Derived("concat", parts, rows, {"axis": axis}))
+
+        def release_rows(start: int, stop: int) -> None:
+            for k, base, n in pieces(start, stop):
+                parts[k].source.release_rows(base, base + n)
+    return Tensor(name, shape_t, first.dtype, Derived("concat", parts, rows, {"axis": axis}, release_rows))
 
 
 def map_values(t: Tensor, fn: Callable[[np.ndarray], np.ndarray], op: str, dtype: Optional[DType] = None) -> Tensor:
@@ -514,7 +545,7 @@ def map_values(t: Tensor, fn: Callable[[np.ndarray], np.ndarray], op: str, dtype
     def rows(start: int, stop: int) -> np.ndarray:
         return out_dtype.encode(fn(t.f32(start, stop)))
 
-    return Tensor(t.name, t.shape, out_dtype, Derived(op, [t], rows, rowwise=True))
+    return Tensor(t.name, t.shape, out_dtype, Derived(op, [t], rows, release_rows=t.source.release_rows))
 
 
 # ==================================================================================================

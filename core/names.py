@@ -146,6 +146,22 @@ class NameTable:
     def is_ignored(self, name: str, convention: str) -> bool:
         return any(rx.fullmatch(name) for rx in self.ignored.get(convention, ()))
 
+    def canonical_tensors(self, raw: Mapping[str, Tensor], convention: str) -> tuple[dict[str, Tensor], list[str]]:
+        """``raw`` renamed from ``convention`` to canonical names (names the table lacks are kept) and
+        the names the convention marks as ignored (dropped); two tensors with one canonical name are
+        refused."""
+        tensors: dict[str, Tensor] = {}
+        ignored: list[str] = []
+        for name, t in raw.items():
+            if self.is_ignored(name, convention):
+                ignored.append(name)
+                continue
+            canonical = self.to_canonical(name, convention) or name
+            if canonical in tensors:
+                raise FormatError(f"two tensors map to {canonical!r}", tensor=name)
+            tensors[canonical] = t.with_name(canonical)
+        return tensors, ignored
+
     def detect_convention(self, names: Iterable[str], candidates: Optional[Sequence[str]] = None) -> tuple[str, float]:
         """Score each convention by the fraction of ``names`` it maps; the first best wins."""
         names = list(names)

@@ -25,6 +25,7 @@ from .format import Format, head_of
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "mconv.core.arch.llama",
     "mconv.formats.safetensors",
+    "mconv.formats.pth",
     "mconv.formats.llama2c",
     "mconv.formats.gguf",
     "mconv.formats.ggml",

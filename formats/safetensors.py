@@ -38,10 +38,11 @@ from mconv.plugins import (
     WriterOption,
     get_dtype,
     hookimpl,
-    load_json_sidecar,
+    merge_shards,
     parse_bool,
     parse_size,
     read_sentencepiece_file,
+    read_weight_map,
     resolve,
     sentencepiece_bytes,
     sidecar_hparams,
@@ -184,26 +185,7 @@ def _file_tensors(path: str, ctx: ReadContext) -> tuple[dict[str, Tensor], dict[
     return tensors, metadata
 
 
-def _index_shards(directory: str) -> list[str]:
-    """Shard files of an HF index, each a plain file name inside ``directory``."""
-    index_path = os.path.join(directory, INDEX_NAME)
-    index = load_json_sidecar(index_path)
-    wmap = index.get("weight_map")
-    if not isinstance(wmap, dict) or not wmap:
-        raise FormatError("weight_map missing or empty", path=index_path)
-    shards = []
-    for tensor, shard in wmap.items():
-        if not isinstance(shard, str) or not shard or os.path.basename(shard) != shard or shard in (".", ".."):
-            raise FormatError(f"shard {shard!r} of tensor {tensor!r} is not a file name in the same directory",
-                              path=index_path)
-        if shard not in shards:
-            shards.append(shard)
-    return shards
-
-
 def _directory_files(directory: str) -> list[str]:
-    if os.path.isfile(os.path.join(directory, INDEX_NAME)):
-        return [os.path.join(directory, s) for s in _index_shards(directory)]
     files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
     model_files = [f for f in files if f.startswith("model")]
     chosen = model_files or files
@@ -217,40 +199,26 @@ def _directory_files(directory: str) -> list[str]:
 
 def read_safetensors(path: str, ctx: ReadContext) -> Model:
     directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    files = _directory_files(path) if os.path.isdir(path) else [path]
-    raw: dict[str, Tensor] = {}
-    metadata: dict[str, str] = {}
+    index_path = os.path.join(directory, INDEX_NAME)
     index_map: Optional[dict[str, str]] = None
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, INDEX_NAME)):
-        index_map = load_json_sidecar(os.path.join(path, INDEX_NAME))["weight_map"]
+    if os.path.isdir(path) and os.path.isfile(index_path):
+        files, index_map = read_weight_map(index_path)
+    else:
+        files = _directory_files(path) if os.path.isdir(path) else [path]
+    parts = []
+    metadata: dict[str, str] = {}
     for f in files:
         if not os.path.isfile(f):
             raise FormatError("shard listed in the index is missing", path=f)
         tensors, meta = _file_tensors(f, ctx)
-        for name, t in tensors.items():
-            if name in raw:
-                raise FormatError("tensor appears in two shards", path=f, tensor=name)
-            if index_map is not None and index_map.get(name) != os.path.basename(f):
-                raise FormatError(f"tensor is not listed for this shard in {INDEX_NAME}", path=f, tensor=name)
-            raw[name] = t
+        parts.append((f, tensors))
         for k, v in meta.items():
             metadata.setdefault(k, v)
-    if index_map is not None:
-        missing = sorted(set(index_map) - set(raw))
-        if missing:
-            raise FormatError(f"{len(missing)} tensor(s) listed in {INDEX_NAME} are in no shard, e.g. {missing[0]!r}",
-                              path=path)
+    raw = merge_shards(parts, index_map, index_path)
 
     names = table("llama")
     convention = ctx.names or names.detect_convention(raw, ("hf", "meta", "gguf"))[0]
-    tensors: dict[str, Tensor] = {}
-    for name, t in raw.items():
-        if names.is_ignored(name, convention):
-            continue
-        canonical = names.to_canonical(name, convention) or name
-        if canonical in tensors:
-            raise FormatError(f"two tensors map to {canonical!r}", path=path, tensor=name)
-        tensors[canonical] = t.with_name(canonical)
+    tensors = names.canonical_tensors(raw, convention)[0]
 
     model = Model(arch="llama", hparams={}, tensors=tensors, format="safetensors",
                   files=tuple(os.path.abspath(f) for f in files), cache=ctx.cache)

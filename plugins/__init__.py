@@ -51,7 +51,7 @@ from mconv.core.format import (
     parse_size,
 )
 from mconv.core.hookspecs import hookimpl
-from mconv.core.hparams import infer_from_shapes, load_json_sidecar, resolve, sidecar_hparams
+from mconv.core.hparams import drop_unset, infer_from_shapes, load_json_sidecar, resolve, sidecar_hparams
 from mconv.core.io import fsync_path, write_padding, write_tensor
 from mconv.core.ir import (
     CHUNK_BYTES,
@@ -86,6 +86,7 @@ from mconv.core.ir import (
 from mconv.core.names import NameTable, rope_permute_order, rope_unpermute_order, table
 from mconv.core.plan import CONSENTED, LOSSY, WARNING, Loss
 from mconv.core.quant.policy import file_type as llama_file_type
+from mconv.core.shards import merge_shards, read_weight_map
 from mconv.core.tokenizers import (
     read_sentencepiece_file,
     sentencepiece_bytes,
