@@ -46,7 +46,8 @@ def tokenizer_from_sentencepiece(data: bytes) -> Tokenizer:
         raise FormatError(f"not a SentencePiece model: {e}")
     if not proto.pieces:
         raise FormatError("not a SentencePiece model: it has no pieces")
-    tokens = tuple(p.piece.encode("utf-8") for p in proto.pieces)
+    # protobuf hands out a piece that is not valid UTF-8 as bytes instead of str: keep its bytes
+    tokens = tuple(p.piece if isinstance(p.piece, bytes) else p.piece.encode("utf-8") for p in proto.pieces)
     scores = np.array([p.score for p in proto.pieces], dtype=np.float32)
     types = np.array([p.type for p in proto.pieces], dtype=np.int32)
     spec = proto.trainer_spec
@@ -183,5 +184,5 @@ def tokenizer_from_json(data: Any) -> Tokenizer:
             merges=tuple(merges) if merges is not None else None,
             sp_model=base64.b64decode(sp, validate=True) if isinstance(sp, str) else None,
         )
-    except (KeyError, TypeError, ValueError, binascii.Error) as e:
+    except (KeyError, TypeError, ValueError, OverflowError, binascii.Error) as e:
         raise FormatError(f"tokenizer: malformed ({type(e).__name__}: {e})")

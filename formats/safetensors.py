@@ -53,6 +53,8 @@ from mconv.plugins import (
 
 #: the reference implementation's MAX_HEADER_SIZE
 MAX_HEADER_BYTES = 100_000_000
+#: a shape whose non-zero dimensions span this many bytes or more is refused (int64 sizes)
+MAX_TENSOR_BYTES = 2**63
 INDEX_NAME = "model.safetensors.index.json"
 SHARD_RE = re.compile(r"^model-(\d{5})-of-(\d{5})\.safetensors$")
 
@@ -112,9 +114,13 @@ def parse_header(path: str) -> tuple[dict[str, Any], dict[str, str], int]:
         raise FormatError(f"header is not valid JSON ({e.msg} at byte {e.pos})", path=path, offset=8 + e.pos)
     except RecursionError:
         raise FormatError("header JSON nests too deeply", path=path, offset=8)
+    except ValueError as e:  # int() refuses literals of over 4300 digits
+        raise FormatError(f"header is not valid JSON ({e})", path=path, offset=8)
     if not isinstance(header, dict):
         raise FormatError("header is not a JSON object", path=path, offset=8)
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise FormatError("__metadata__ must map strings to strings", path=path, offset=8)
     data_start = 8 + n
@@ -166,6 +172,14 @@ def _check_entry(path: str, name: str, entry: Any) -> dict[str, Any]:
         elems *= d
     if elems * dt.type_size != end - begin:
         raise bad(f"shape {shape} of {dtype} needs {elems * dt.type_size} bytes but data_offsets span {end - begin}")
+    # an empty tensor may still claim absurd dimensions ([0, 2**64]); numpy cannot even describe
+    # its rows, so the non-zero dimensions times the element size must fit an int64 (as in the
+    # reference implementation, whose sizes are usize)
+    nonzero = dt.type_size
+    for d in shape:
+        nonzero *= d or 1
+    if nonzero >= MAX_TENSOR_BYTES:
+        raise bad(f"shape {shape} is too large")
     return {"name": name, "dtype": dt, "shape": tuple(shape), "begin": begin, "end": end}
 
 
@@ -225,7 +239,9 @@ def read_safetensors(path: str, ctx: ReadContext) -> Model:
         index_map = load_json_sidecar(os.path.join(path, INDEX_NAME))["weight_map"]
     for f in files:
         if not os.path.isfile(f):
-            raise FormatError("shard listed in the index is missing", path=f)
+            what = "shard listed in the index" if index_map is not None else "file"
+            # a FIFO or a device would block or never end; a dangling link is missing
+            raise FormatError(f"{what} is {'missing' if not os.path.exists(f) else 'not a regular file'}", path=f)
         tensors, meta = _file_tensors(f, ctx)
         for name, t in tensors.items():
             if name in raw:
@@ -256,10 +272,7 @@ def read_safetensors(path: str, ctx: ReadContext) -> Model:
                   files=tuple(os.path.abspath(f) for f in files), cache=ctx.cache)
     layers: list[tuple[str, dict[str, Any]]] = []
     if META_HPARAMS in metadata:
-        try:
-            stored = json.loads(metadata[META_HPARAMS])
-        except json.JSONDecodeError as e:
-            raise FormatError(f"__metadata__[{META_HPARAMS!r}] is not JSON: {e.msg}", path=files[0])
+        stored = _metadata_json(metadata, META_HPARAMS, files[0])
         layers.append(("safetensors metadata", names.canonical_hparams(stored, f"__metadata__[{META_HPARAMS!r}]")))
     layers.extend(sidecar_hparams(directory, names))
     resolve(model, names, layers, ctx.hparams)
@@ -275,13 +288,22 @@ def read_safetensors(path: str, ctx: ReadContext) -> Model:
     return model
 
 
+def _metadata_json(metadata: dict[str, str], key: str, path: str) -> Any:
+    """The JSON value mconv stored under ``__metadata__[key]``."""
+    try:
+        return json.loads(metadata[key])
+    except json.JSONDecodeError as e:
+        raise FormatError(f"__metadata__[{key!r}] is not JSON: {e.msg}", path=path)
+    except RecursionError:
+        raise FormatError(f"__metadata__[{key!r}] is not JSON: it nests too deeply", path=path)
+    except ValueError as e:  # int() refuses literals of over 4300 digits
+        raise FormatError(f"__metadata__[{key!r}] is not JSON: {e}", path=path)
+
+
 def _free_metadata(metadata: dict[str, str], path: str) -> dict[str, Any]:
     out: dict[str, Any] = {k: v for k, v in metadata.items() if not k.startswith("mconv.") and k != META_FORMAT}
     if META_METADATA in metadata:
-        try:
-            stored = json.loads(metadata[META_METADATA])
-        except json.JSONDecodeError as e:
-            raise FormatError(f"__metadata__[{META_METADATA!r}] is not JSON: {e.msg}", path=path)
+        stored = _metadata_json(metadata, META_METADATA, path)
         if not isinstance(stored, dict):
             raise FormatError(f"__metadata__[{META_METADATA!r}] is not a JSON object", path=path)
         out.update(stored)
@@ -291,9 +313,7 @@ def _free_metadata(metadata: dict[str, str], path: str) -> dict[str, Any]:
 def _read_tokenizer(metadata: dict[str, str], directory: str, path: str):  # type: ignore[no-untyped-def]
     if META_TOKENIZER in metadata:
         try:
-            return tokenizer_from_json(json.loads(metadata[META_TOKENIZER]))
-        except json.JSONDecodeError as e:
-            raise FormatError(f"__metadata__[{META_TOKENIZER!r}] is not JSON: {e.msg}", path=path)
+            return tokenizer_from_json(_metadata_json(metadata, META_TOKENIZER, path))
         except FormatError as e:
             raise e.at(path=path)
     sp_path = os.path.join(directory, "tokenizer.model")
