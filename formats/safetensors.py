@@ -53,6 +53,13 @@ from mconv.plugins import (
 
 #: the reference implementation's MAX_HEADER_SIZE
 MAX_HEADER_BYTES = 100_000_000
+#: JSON values (commas + brackets outside strings, counted before parsing) a header may hold: bounds
+#: the memory the parse takes (up to ~300 bytes a value, so ~300 MB) whatever the header says; a
+#: tensor entry takes 7, so about 140k tensors a file (a string, however long, is one value)
+MAX_HEADER_VALUES = 1_000_000
+JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+#: dimensions of a tensor (numpy's limit)
+MAX_DIMS = 64
 #: a shape whose non-zero dimensions span this many bytes or more is refused (int64 sizes)
 MAX_TENSOR_BYTES = 2**63
 INDEX_NAME = "model.safetensors.index.json"
@@ -101,6 +108,14 @@ def parse_header(path: str) -> tuple[dict[str, Any], dict[str, str], int]:
         if n > size - 8:
             raise FormatError(f"header size {n} runs past the end of the file ({size} bytes)", path=path, offset=0)
         raw = f.read(n)
+    # outside strings, every JSON value after the first in an array or object needs a comma, and
+    # every container a bracket: an upper bound on the values json.loads would build
+    structure = JSON_STRING.sub(b"", raw)
+    values = structure.count(b",") + structure.count(b"[") + structure.count(b"{") + 1
+    del structure
+    if values > MAX_HEADER_VALUES:
+        raise FormatError(f"header holds up to {values} JSON values; mconv reads at most {MAX_HEADER_VALUES}",
+                          path=path, offset=8)
     try:
         text = raw.decode("utf-8")
         if not text.startswith("{"):
@@ -142,6 +157,11 @@ def parse_header(path: str) -> tuple[dict[str, Any], dict[str, str], int]:
     return {e["name"]: e for e in entries}, metadata, data_start
 
 
+def _brief(value: Any, limit: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _check_entry(path: str, name: str, entry: Any) -> dict[str, Any]:
     def bad(msg: str) -> FormatError:
         return FormatError(msg, path=path, tensor=name)
@@ -159,10 +179,12 @@ def _check_entry(path: str, name: str, entry: Any) -> dict[str, Any]:
     if dtype not in DTYPES:
         raise bad(f"unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise bad(f"shape {shape!r} is not a list of non-negative integers")
+        raise bad(f"shape {_brief(shape)} is not a list of non-negative integers")
+    if len(shape) > MAX_DIMS:
+        raise bad(f"shape has {len(shape)} dimensions; at most {MAX_DIMS}")
     if (not isinstance(offsets, list) or len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)):
-        raise bad(f"data_offsets {offsets!r} is not a pair of non-negative integers")
+        raise bad(f"data_offsets {_brief(offsets)} is not a pair of non-negative integers")
     begin, end = offsets
     if end < begin:
         raise bad(f"data_offsets {offsets} end before they begin")
