@@ -231,3 +231,19 @@ def test_input_untouched_by_successful_runs(tmp_path: Path) -> None:
         r = cli_subprocess(*args, env=ENV)
         assert r.rc == 0, r
         assert tree_digest(src) == before
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two_renames"])
+def test_force_replaces_a_directory_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool) -> None:
+    from mconv.core import io
+    from testlib import cli
+
+    if not exchange:  # systems without renameat2(RENAME_EXCHANGE) take the two-rename path
+        monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    src, out, args = _setup(tmp_path, "dir", True)
+    Path(out, "stale.txt").write_text("from the old output")
+    r = cli(*args)
+    assert (r.rc, r.err) == (0, ""), r
+    assert "stale.txt" not in os.listdir(out) and "model.safetensors" in os.listdir(out)
+    assert sorted(os.listdir(os.path.dirname(out))) == [os.path.basename(out)]
+    _assert_same_model(src, out)
