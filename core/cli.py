@@ -63,13 +63,17 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
     fmt = target_format(args.output, args.to)
     model = _open(args.input, args.from_, args)
-    check = None
-    if args.validate:
-        from .validate import translate_check
+    try:
+        check = None
+        if args.validate:
+            from .validate import translate_check
 
-        check = translate_check(model, fmt, args)
-    result = write_model(model, args.output, fmt, dtype=args.dtype, options=_kv_list(args.option, "-O"),
-                         allow_lossy=args.allow_lossy, force=args.force, check=check, quiet=args.quiet)
+            check = translate_check(model, fmt, args)
+        result = write_model(model, args.output, fmt, dtype=args.dtype, options=_kv_list(args.option, "-O"),
+                             allow_lossy=args.allow_lossy, force=args.force, check=check, quiet=args.quiet)
+    except BaseException:
+        model.close()
+        raise
     out = sys.stdout
     print(f"read   {args.input} ({model.format}, {len(model.tensors)} tensors, {_human(model.nbytes())})", file=out)
     for line in result.plan.report():

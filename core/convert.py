@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ def open_model(path: str, fmt: Optional[str] = None, *, hparams: Optional[Mappin
     ``check`` verifies the tensors against the architecture (off for ``inspect``)."""
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file or directory")
+    if not (os.path.isfile(path) or os.path.isdir(path)):
+        # a FIFO or a device would block or never end: refuse before opening it
+        raise UsageError(f"{path}: not a regular file or directory")
     reg = get_registry()
     f = reg.format(fmt) if fmt else reg.sniff(path)
     if not f.can_read:
@@ -30,10 +34,15 @@ def open_model(path: str, fmt: Optional[str] = None, *, hparams: Optional[Mappin
     try:
         model = f.read(path, ctx)
     except MconvError as e:
+        ctx.cache.close()
         raise e.at(path=path)
     except (ValueError, KeyError, IndexError, TypeError, OverflowError, UnicodeDecodeError) as e:
         # a reader that failed to anticipate some malformation still must not crash the tool
+        ctx.cache.close()
         raise FormatError(f"malformed {f.name} input ({type(e).__name__}: {e})", path=path)
+    except BaseException:
+        ctx.cache.close()
+        raise
     model.format = model.format or f.name
     if not model.files:
         model.files = (os.path.abspath(path),)
@@ -48,6 +57,7 @@ def open_model(path: str, fmt: Optional[str] = None, *, hparams: Optional[Mappin
         try:
             arch[0].check(model)
         except MconvError as e:
+            model.close()
             raise e.at(path=path)
     return model
 
@@ -92,16 +102,22 @@ def write_model(model: Model, out: str, fmt: Format, *, dtype: Optional[str] = N
     plan = make_plan(model, fmt, wctx, dtype=dtype, allow_lossy=allow_lossy)
     start = time.perf_counter()
     total = plan.model.nbytes()
-    with atomic_output(out, directory=as_dir, force=force, inputs=[*model.files, *extra_inputs]) as ao, \
-            Progress(total, f"{fmt.name}", enabled=None if not quiet else False) as bar:
-        wctx.progress = bar.update
-        wctx.sidecar = ao.sidecar
-        try:
-            fmt.write(plan.model, ao.main, wctx)
-        except MconvError as e:
-            raise e.at(path=out)
-        bar.close()
-        if check is not None:
-            check(ao.main, plan)
+    try:
+        with atomic_output(out, directory=as_dir, force=force, inputs=[*model.files, *extra_inputs]) as ao, \
+                Progress(total, f"{fmt.name}", enabled=None if not quiet else False) as bar:
+            wctx.progress = bar.update
+            wctx.sidecar = ao.sidecar
+            try:
+                fmt.write(plan.model, ao.main, wctx)
+            except MconvError as e:
+                raise e.at(path=out)
+            bar.close()
+            if check is not None:
+                check(ao.main, plan)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            # a full disk or a file size limit, wherever it struck (a buffered write, close, fsync)
+            raise MconvError(f"cannot write output: {e.strerror}", path=out)
+        raise
     plan.model.history.append(Step("write", f"{fmt.name}: {out}"))
     return WriteResult(plan, wctx.final_path, fmt, time.perf_counter() - start, total)

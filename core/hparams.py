@@ -28,32 +28,37 @@ def parse_cli_hparams(pairs: Sequence[str], table: NameTable) -> dict[str, Any]:
         if spec is None:
             raise UsageError(f"unknown hparam {key!r} (known: {', '.join(h.key for h in table.hparams)})")
         try:
-            out[key] = spec.coerce(json.loads(value) if value.strip() else value, "--hparam")
-        except (ValueError, FormatError):
+            parsed = json.loads(value) if value.strip() else value
+        except ValueError:
             raise UsageError(f"--hparam {key}={value}: not a valid {spec.type}")
+        try:
+            out[key] = spec.coerce(parsed, "--hparam")
+        except FormatError as e:
+            raise UsageError(e.message)
     return out
+
+
+#: a JSON sidecar (config.json, params.json, index) larger than this is refused
+MAX_SIDECAR_BYTES = 16 << 20
 
 
 def load_json_sidecar(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            data = f.read((16 << 20) + 1)
-        if len(data) > 16 << 20:
+            data = f.read(MAX_SIDECAR_BYTES + 1)
+        if len(data) > MAX_SIDECAR_BYTES:
             raise FormatError("JSON sidecar larger than 16 MiB", path=path)
         value = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except RecursionError:
+        raise FormatError("not valid JSON: it nests too deeply", path=path)
+    except ValueError as e:
+        # UnicodeDecodeError, JSONDecodeError, and int() refusing a literal of over 4300 digits
         raise FormatError(f"not valid JSON: {e}", path=path)
     except OSError as e:
         raise FormatError(f"cannot read: {e.strerror}", path=path)
     if not isinstance(value, dict):
         raise FormatError("expected a JSON object", path=path)
     return value
-
-
-def drop_unset(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Canonical hparams without the non-positive integers Meta uses for "not set here" (params.json
-    and ModelArgs say ``vocab_size: -1``: take it from the tokenizer / the tensors)."""
-    return {k: v for k, v in values.items() if not (isinstance(v, int) and not isinstance(v, bool) and v <= 0)}
 
 
 def sidecar_hparams(directory: str, table: NameTable) -> list[tuple[str, dict[str, Any]]]:
@@ -64,7 +69,8 @@ def sidecar_hparams(directory: str, table: NameTable) -> list[tuple[str, dict[st
         if os.path.isfile(path):
             values = load_json_sidecar(path)
             try:
-                layers.append((fname, drop_unset(table.hparams_from(values, convention, fname))))
+                # Meta's "vocab_size": -1 ("the tokenizer's size") is the naming table's `unset`
+                layers.append((fname, table.hparams_from(values, convention, fname)))
             except FormatError as e:
                 raise e.at(path=path)
     return layers

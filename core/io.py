@@ -103,6 +103,27 @@ def _fsync_dir(path: str) -> None:
             os.close(fd)
 
 
+def _exchange(a: str, b: str) -> bool:
+    """Swap two existing paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or the file system cannot."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
 class AtomicOutput:
     """Manage the temporary files of one conversion and commit them together.
 
@@ -151,11 +172,17 @@ class AtomicOutput:
         for final, tmp in self._sidecars.items():
             os.replace(tmp, final)
         if self.directory and os.path.isdir(self.out) and not os.path.islink(self.out):
-            # rename the old directory aside, put the new one in place, then drop the old one
-            old = temp_name(self.out, pid=os.getpid()) + ".old"
-            os.rename(self.out, old)
-            os.rename(self.main, self.out)
-            _remove(old)
+            if _exchange(self.main, self.out):
+                # the temporary name now holds the old directory; killed before this removal, it is
+                # a temporary of a dead process, which the next run removes
+                _remove(self.main)
+            else:
+                # no atomic exchange here: rename the old directory aside, put the new one in
+                # place, then drop the old one
+                old = temp_name(self.out, pid=os.getpid()) + ".old"
+                os.rename(self.out, old)
+                os.rename(self.main, self.out)
+                _remove(old)
         else:
             os.replace(self.main, self.out)
         _fsync_dir(os.path.dirname(self.out))
@@ -205,7 +232,8 @@ def _write_all(f: BinaryIO, chunk: np.ndarray) -> None:
         f.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            raise MconvError(f"cannot write output: {e.strerror}", path=getattr(f, "name", None))
+            # no path: f is a temporary; the caller names the real output
+            raise MconvError(f"cannot write output: {e.strerror}")
         raise
 
 

@@ -4,6 +4,7 @@ hparam keys per convention, layout transforms, and convention detection for gene
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,6 +19,12 @@ from .ir import Tensor, permute_rows
 BID = "{bid}"
 
 
+#: default bounds of hparam values unless a table row sets ``min``/``max``: counts are positive and
+#: fit the signed 32-bit header fields of llama2.c and ggml (GGUF's u32 is wider); floats (eps,
+#: theta) are finite and above zero.
+INT_LIMITS = (1, 2**31 - 1)
+
+
 @dataclass(frozen=True)
 class HParamSpec:
     key: str
@@ -26,20 +33,42 @@ class HParamSpec:
     gguf_type: Optional[str] = None
     #: convention -> values that mean "not given" there
     unset: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    minimum: Optional[float] = None  # table column "min" (default: INT_LIMITS[0] for ints, > 0 for floats)
+    maximum: Optional[float] = None  # table column "max" (default: INT_LIMITS[1] for ints, finite for floats)
 
     def coerce(self, value: Any, where: str) -> Any:
+        """``value`` (a JSON number, a numpy scalar...) as this hparam's type, within its range.
+        Strings, booleans, lists and non-integral floats for an int are refused, not parsed."""
+        kind = "n integer" if self.type == "int" else " number"
         try:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise TypeError
             if self.type == "int":
-                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                if isinstance(value, (float, np.floating)) and not float(value).is_integer():
                     raise ValueError
-                out = int(value)
+                out: Any = int(value)
             else:
-                if isinstance(value, bool):
-                    raise ValueError
                 out = float(value)
-        except (TypeError, ValueError):
-            raise FormatError(f"hparam {self.key} = {value!r} from {where} is not a{'n integer' if self.type == 'int' else ' number'}")
+        except (TypeError, ValueError, OverflowError):
+            raise FormatError(f"hparam {self.key} = {value!r} from {where} is not a{kind}")
+        self.check_range(out, where)
         return out
+
+    def check_range(self, value: Any, where: str) -> None:
+        if self.type == "int":
+            lo = INT_LIMITS[0] if self.minimum is None else self.minimum
+            hi = INT_LIMITS[1] if self.maximum is None else self.maximum
+            if not lo <= value <= hi:
+                raise FormatError(f"hparam {self.key} = {value!r} from {where} is out of range "
+                                  f"(an integer from {lo} to {hi})")
+            return
+        ok = math.isfinite(value) and (value > 0 if self.minimum is None else value >= self.minimum)
+        if ok and self.maximum is not None:
+            ok = value <= self.maximum
+        if not ok:
+            bounds = ("above 0" if self.minimum is None else f"at least {self.minimum}") + (
+                "" if self.maximum is None else f" and at most {self.maximum}")
+            raise FormatError(f"hparam {self.key} = {value!r} from {where} is out of range (a finite number {bounds})")
 
 
 class _Column:
@@ -110,7 +139,8 @@ class NameTable:
         self.hparams: tuple[HParamSpec, ...] = tuple(
             HParamSpec(key=h["key"], type=h["type"], gguf_type=h.get("gguf_type"),
                        unset={c: tuple(v) for c, v in (h.get("unset") or {}).items()},
-                       names={c: h[c] for c in h if c not in ("key", "type", "gguf_type", "unset")})
+                       minimum=h.get("min"), maximum=h.get("max"),
+                       names={c: h[c] for c in h if c not in ("key", "type", "gguf_type", "unset", "min", "max")})
             for h in data.get("hparams", ()))
         self.hparam_by_key = {h.key: h for h in self.hparams}
         self.infer: dict[str, tuple[str, int]] = {k: (v[0], int(v[1])) for k, v in (data.get("infer") or {}).items()}

@@ -15,6 +15,9 @@ from .ir import Tokenizer
 
 #: a tokenizer.model larger than this is refused (Llama 2's is 500 KB, Gemma's 4 MB)
 MAX_SP_MODEL_BYTES = 64 << 20
+#: pieces a tokenizer.model may hold (Gemma has 262144): counted on the wire before parsing, since
+#: 64 MiB of empty pieces would take gigabytes once parsed
+MAX_SP_PIECES = 1 << 20
 
 
 def read_sentencepiece_file(path: str) -> Tokenizer:
@@ -39,6 +42,8 @@ def tokenizer_from_sentencepiece(data: bytes) -> Tokenizer:
     from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2 as pb
 
+    if count_pieces(data, MAX_SP_PIECES) > MAX_SP_PIECES:
+        raise FormatError(f"not a SentencePiece model mconv reads: more than {MAX_SP_PIECES} pieces")
     proto = pb.ModelProto()
     try:
         proto.ParseFromString(data)
@@ -46,7 +51,8 @@ def tokenizer_from_sentencepiece(data: bytes) -> Tokenizer:
         raise FormatError(f"not a SentencePiece model: {e}")
     if not proto.pieces:
         raise FormatError("not a SentencePiece model: it has no pieces")
-    tokens = tuple(p.piece.encode("utf-8") for p in proto.pieces)
+    # protobuf hands out a piece that is not valid UTF-8 as bytes instead of str: keep its bytes
+    tokens = tuple(p.piece if isinstance(p.piece, bytes) else p.piece.encode("utf-8") for p in proto.pieces)
     scores = np.array([p.score for p in proto.pieces], dtype=np.float32)
     types = np.array([p.type for p in proto.pieces], dtype=np.int32)
     spec = proto.trainer_spec
@@ -68,6 +74,44 @@ def tokenizer_from_sentencepiece(data: bytes) -> Tokenizer:
         add_eos=None,
         sp_model=bytes(data),
     )
+
+
+def count_pieces(data: bytes, limit: int) -> int:
+    """How many ``pieces`` (ModelProto field 1) the top level of a serialized model holds, counting
+    stops past ``limit``.  A walk over the wire format (key varint, then a length-delimited body, a
+    varint, or 4/8 fixed bytes); malformed data ends the count, and is left to the parser."""
+    pos, end, count = 0, len(data), 0
+
+    def varint(pos: int) -> tuple[int, int]:
+        value, shift = 0, 0
+        while True:
+            byte = data[pos]  # IndexError past the end
+            value |= (byte & 0x7F) << shift
+            pos += 1
+            if byte < 0x80 or shift > 63:
+                return value, pos
+            shift += 7
+
+    try:
+        while pos < end:
+            key, pos = varint(pos)
+            wire = key & 7
+            if wire == 2:
+                length, pos = varint(pos)
+                pos += length
+            elif wire == 0:
+                _, pos = varint(pos)
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            else:
+                break
+            if key == (1 << 3) | 2:
+                count += 1
+                if count > limit:
+                    break
+    except IndexError:
+        pass
+    return count
 
 
 def sentencepiece_bytes(tok: Tokenizer) -> Optional[bytes]:
@@ -183,5 +227,5 @@ def tokenizer_from_json(data: Any) -> Tokenizer:
             merges=tuple(merges) if merges is not None else None,
             sp_model=base64.b64decode(sp, validate=True) if isinstance(sp, str) else None,
         )
-    except (KeyError, TypeError, ValueError, binascii.Error) as e:
+    except (KeyError, TypeError, ValueError, OverflowError, binascii.Error) as e:
         raise FormatError(f"tokenizer: malformed ({type(e).__name__}: {e})")

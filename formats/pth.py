@@ -62,7 +62,6 @@ from mconv.plugins import (
     WriteContext,
     WriterOption,
     concat,
-    drop_unset,
     hookimpl,
     merge_shards,
     read_sentencepiece_file,
@@ -256,7 +255,7 @@ def read_pth(path: str, ctx: ReadContext) -> Model:
     layers: list[tuple[str, dict[str, Any]]] = []
     args = next((p.model_args for p in parts if p.model_args is not None), None)
     if args is not None:
-        layers.append(("model_args", drop_unset(names.hparams_from(args, "meta", "model_args"))))
+        layers.append(("model_args", names.hparams_from(args, "meta", "model_args")))
     layers.extend(sidecar_hparams(directory, names))
     resolve(model, names, layers, ctx.hparams)
     for name, t in list(tensors.items()):

@@ -54,6 +54,15 @@ from mconv.plugins import (
 
 #: the reference implementation's MAX_HEADER_SIZE
 MAX_HEADER_BYTES = 100_000_000
+#: JSON values (commas + brackets outside strings, counted before parsing) a header may hold: bounds
+#: the memory the parse takes (up to ~300 bytes a value, so ~300 MB) whatever the header says; a
+#: tensor entry takes 7, so about 140k tensors a file (a string, however long, is one value)
+MAX_HEADER_VALUES = 1_000_000
+JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+#: dimensions of a tensor (numpy's limit)
+MAX_DIMS = 64
+#: a shape whose non-zero dimensions span this many bytes or more is refused (int64 sizes)
+MAX_TENSOR_BYTES = 2**63
 INDEX_NAME = "model.safetensors.index.json"
 SHARD_RE = re.compile(r"^model-(\d{5})-of-(\d{5})\.safetensors$")
 
@@ -100,6 +109,14 @@ def parse_header(path: str) -> tuple[dict[str, Any], dict[str, str], int]:
         if n > size - 8:
             raise FormatError(f"header size {n} runs past the end of the file ({size} bytes)", path=path, offset=0)
         raw = f.read(n)
+    # outside strings, every JSON value after the first in an array or object needs a comma, and
+    # every container a bracket: an upper bound on the values json.loads would build
+    structure = JSON_STRING.sub(b"", raw)
+    values = structure.count(b",") + structure.count(b"[") + structure.count(b"{") + 1
+    del structure
+    if values > MAX_HEADER_VALUES:
+        raise FormatError(f"header holds up to {values} JSON values; mconv reads at most {MAX_HEADER_VALUES}",
+                          path=path, offset=8)
     try:
         text = raw.decode("utf-8")
         if not text.startswith("{"):
@@ -113,9 +130,13 @@ def parse_header(path: str) -> tuple[dict[str, Any], dict[str, str], int]:
         raise FormatError(f"header is not valid JSON ({e.msg} at byte {e.pos})", path=path, offset=8 + e.pos)
     except RecursionError:
         raise FormatError("header JSON nests too deeply", path=path, offset=8)
+    except ValueError as e:  # int() refuses literals of over 4300 digits
+        raise FormatError(f"header is not valid JSON ({e})", path=path, offset=8)
     if not isinstance(header, dict):
         raise FormatError("header is not a JSON object", path=path, offset=8)
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise FormatError("__metadata__ must map strings to strings", path=path, offset=8)
     data_start = 8 + n
@@ -137,6 +158,11 @@ def parse_header(path: str) -> tuple[dict[str, Any], dict[str, str], int]:
     return {e["name"]: e for e in entries}, metadata, data_start
 
 
+def _brief(value: Any, limit: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _check_entry(path: str, name: str, entry: Any) -> dict[str, Any]:
     def bad(msg: str) -> FormatError:
         return FormatError(msg, path=path, tensor=name)
@@ -154,10 +180,12 @@ def _check_entry(path: str, name: str, entry: Any) -> dict[str, Any]:
     if dtype not in DTYPES:
         raise bad(f"unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise bad(f"shape {shape!r} is not a list of non-negative integers")
+        raise bad(f"shape {_brief(shape)} is not a list of non-negative integers")
+    if len(shape) > MAX_DIMS:
+        raise bad(f"shape has {len(shape)} dimensions; at most {MAX_DIMS}")
     if (not isinstance(offsets, list) or len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)):
-        raise bad(f"data_offsets {offsets!r} is not a pair of non-negative integers")
+        raise bad(f"data_offsets {_brief(offsets)} is not a pair of non-negative integers")
     begin, end = offsets
     if end < begin:
         raise bad(f"data_offsets {offsets} end before they begin")
@@ -167,6 +195,14 @@ def _check_entry(path: str, name: str, entry: Any) -> dict[str, Any]:
         elems *= d
     if elems * dt.type_size != end - begin:
         raise bad(f"shape {shape} of {dtype} needs {elems * dt.type_size} bytes but data_offsets span {end - begin}")
+    # an empty tensor may still claim absurd dimensions ([0, 2**64]); numpy cannot even describe
+    # its rows, so the non-zero dimensions times the element size must fit an int64 (as in the
+    # reference implementation, whose sizes are usize)
+    nonzero = dt.type_size
+    for d in shape:
+        nonzero *= d or 1
+    if nonzero >= MAX_TENSOR_BYTES:
+        raise bad(f"shape {shape} is too large")
     return {"name": name, "dtype": dt, "shape": tuple(shape), "begin": begin, "end": end}
 
 
@@ -209,7 +245,9 @@ def read_safetensors(path: str, ctx: ReadContext) -> Model:
     metadata: dict[str, str] = {}
     for f in files:
         if not os.path.isfile(f):
-            raise FormatError("shard listed in the index is missing", path=f)
+            what = "shard listed in the index" if index_map is not None else "file"
+            # a FIFO or a device would block or never end; a dangling link is missing
+            raise FormatError(f"{what} is {'missing' if not os.path.exists(f) else 'not a regular file'}", path=f)
         tensors, meta = _file_tensors(f, ctx)
         parts.append((f, tensors))
         for k, v in meta.items():
@@ -224,10 +262,7 @@ def read_safetensors(path: str, ctx: ReadContext) -> Model:
                   files=tuple(os.path.abspath(f) for f in files), cache=ctx.cache)
     layers: list[tuple[str, dict[str, Any]]] = []
     if META_HPARAMS in metadata:
-        try:
-            stored = json.loads(metadata[META_HPARAMS])
-        except json.JSONDecodeError as e:
-            raise FormatError(f"__metadata__[{META_HPARAMS!r}] is not JSON: {e.msg}", path=files[0])
+        stored = _metadata_json(metadata, META_HPARAMS, files[0])
         layers.append(("safetensors metadata", names.canonical_hparams(stored, f"__metadata__[{META_HPARAMS!r}]")))
     layers.extend(sidecar_hparams(directory, names))
     resolve(model, names, layers, ctx.hparams)
@@ -243,13 +278,22 @@ def read_safetensors(path: str, ctx: ReadContext) -> Model:
     return model
 
 
+def _metadata_json(metadata: dict[str, str], key: str, path: str) -> Any:
+    """The JSON value mconv stored under ``__metadata__[key]``."""
+    try:
+        return json.loads(metadata[key])
+    except json.JSONDecodeError as e:
+        raise FormatError(f"__metadata__[{key!r}] is not JSON: {e.msg}", path=path)
+    except RecursionError:
+        raise FormatError(f"__metadata__[{key!r}] is not JSON: it nests too deeply", path=path)
+    except ValueError as e:  # int() refuses literals of over 4300 digits
+        raise FormatError(f"__metadata__[{key!r}] is not JSON: {e}", path=path)
+
+
 def _free_metadata(metadata: dict[str, str], path: str) -> dict[str, Any]:
     out: dict[str, Any] = {k: v for k, v in metadata.items() if not k.startswith("mconv.") and k != META_FORMAT}
     if META_METADATA in metadata:
-        try:
-            stored = json.loads(metadata[META_METADATA])
-        except json.JSONDecodeError as e:
-            raise FormatError(f"__metadata__[{META_METADATA!r}] is not JSON: {e.msg}", path=path)
+        stored = _metadata_json(metadata, META_METADATA, path)
         if not isinstance(stored, dict):
             raise FormatError(f"__metadata__[{META_METADATA!r}] is not a JSON object", path=path)
         out.update(stored)
@@ -259,9 +303,7 @@ def _free_metadata(metadata: dict[str, str], path: str) -> dict[str, Any]:
 def _read_tokenizer(metadata: dict[str, str], directory: str, path: str):  # type: ignore[no-untyped-def]
     if META_TOKENIZER in metadata:
         try:
-            return tokenizer_from_json(json.loads(metadata[META_TOKENIZER]))
-        except json.JSONDecodeError as e:
-            raise FormatError(f"__metadata__[{META_TOKENIZER!r}] is not JSON: {e.msg}", path=path)
+            return tokenizer_from_json(_metadata_json(metadata, META_TOKENIZER, path))
         except FormatError as e:
             raise e.at(path=path)
     sp_path = os.path.join(directory, "tokenizer.model")

@@ -51,7 +51,7 @@ from mconv.core.format import (
     parse_size,
 )
 from mconv.core.hookspecs import hookimpl
-from mconv.core.hparams import drop_unset, infer_from_shapes, load_json_sidecar, resolve, sidecar_hparams
+from mconv.core.hparams import infer_from_shapes, load_json_sidecar, resolve, sidecar_hparams
 from mconv.core.io import fsync_path, write_padding, write_tensor
 from mconv.core.ir import (
     CHUNK_BYTES,
