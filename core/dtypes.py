@@ -105,6 +105,29 @@ def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(F32)
 
 
+def bf16_bits_to_f16_bits(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bits -> IEEE half bits, equal to ``bf16_bits_to_f32(bits).astype(float16)`` (round to
+    nearest even) but in integer arithmetic, several times faster than numpy's float -> half cast.
+
+    A bf16 with biased exponent e in [113, 142] is a normal half exactly: the half's exponent is
+    e - 112 and its mantissa the bf16's 7 bits followed by three zeros, so the half is
+    ((|b| - (112 << 7)) << 3) with the sign on top.  The few other values (zeros, half subnormals,
+    overflow, inf, NaN) go through float32."""
+    b = np.ascontiguousarray(bits, dtype=np.uint16)
+    mag = b & np.uint16(0x7FFF)
+    out = mag - np.uint16(0x3800)
+    out <<= np.uint16(3)
+    out |= b & np.uint16(0x8000)
+    # out of range <=> |b| - 0x3880 >= 0x0F00 in wrapping uint16 arithmetic
+    mag -= np.uint16(0x3880)
+    odd = np.flatnonzero(mag >= np.uint16(0x0F00))
+    if odd.size:
+        flat = out.reshape(-1)
+        with np.errstate(over="ignore"):
+            flat[odd] = bf16_bits_to_f32(b.reshape(-1)[odd]).astype(np.float16).view(np.uint16)
+    return out
+
+
 def _f8_e4m3_table() -> np.ndarray:
     """All 256 float8_e4m3fn values: 1 sign, 4 exponent (bias 7), 3 mantissa bits, no inf;
     exponent 15 with mantissa 7 is NaN (so the largest finite value is 448)."""
@@ -331,6 +354,24 @@ EXACT_WIDENINGS: dict[str, tuple[str, ...]] = {
     "i64": (),
     "u64": (),
     "f64": (),
+}
+
+
+def _bf16_to_f16(raw: np.ndarray, n_cols: int) -> np.ndarray:
+    bits = np.ascontiguousarray(raw).view(np.uint16)
+    return bf16_bits_to_f16_bits(bits).view(np.uint8)
+
+
+def _bf16_to_f32(raw: np.ndarray, n_cols: int) -> np.ndarray:
+    bits = np.ascontiguousarray(raw).view(np.uint16)
+    return bf16_bits_to_f32(bits).view(np.uint8)
+
+
+#: raw -> raw kernels for casts that have a faster way than decode + encode, keyed by (from, to)
+#: names; each gives the same bytes as ``to.encode(from.decode(raw))``
+DIRECT_CASTS = {
+    ("bf16", "f16"): _bf16_to_f16,
+    ("bf16", "f32"): _bf16_to_f32,
 }
 
 

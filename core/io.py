@@ -15,8 +15,9 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from .errors import MconvError, UsageError
-from .ir import CHUNK_BYTES, Tensor
+from . import ir
+from .errors import FormatError, MconvError, UsageError
+from .ir import Tensor
 
 TMP_RE = re.compile(r"^\.(?P<name>.+)\.mconv-(?P<pid>\d+)\.tmp$")
 
@@ -215,8 +216,15 @@ def atomic_output(out: str, *, directory: bool = False, force: bool = False,
 # -- streaming tensor data --------------------------------------------------------------------------
 
 def write_tensor(f: BinaryIO, t: Tensor, progress: Callable[[int], None] = lambda n: None,
-                 max_bytes: int = CHUNK_BYTES) -> int:
-    """Stream a tensor's stored bytes to ``f`` in chunks of at most ``max_bytes``; returns bytes written."""
+                 max_bytes: Optional[int] = None) -> int:
+    """Stream a tensor's stored bytes to ``f`` in chunks of at most ``max_bytes``; returns bytes written.
+
+    Bytes stored verbatim in an input file (a FileSlice, a merge of shards along rows) are copied by
+    the kernel (``copy_file_range``, as ``cp`` does): they never pass through this process, so they
+    cost neither a copy nor resident pages.  Elsewhere (other systems, a pipe) they are streamed."""
+    max_bytes = ir.CHUNK_BYTES if max_bytes is None else max_bytes
+    if t.n_rows and t.row_bytes and _copy_extents(f, t, progress, max_bytes):
+        return t.nbytes
     written = 0
     for chunk in t.iter_chunks(max_bytes):
         _write_all(f, chunk)
@@ -225,6 +233,52 @@ def write_tensor(f: BinaryIO, t: Tensor, progress: Callable[[int], None] = lambd
     if written != t.nbytes:
         raise MconvError(f"wrote {written} bytes for a tensor of {t.nbytes} bytes", tensor=t.name)
     return written
+
+
+#: errors of a first copy_file_range that mean "not here": stream the bytes instead
+_NO_COPY = frozenset(e for e in (getattr(errno, n, None) for n in (
+    "EXDEV", "EINVAL", "ENOSYS", "EOPNOTSUPP", "ENOTSUP", "EBADF", "EPERM", "ETXTBSY")) if e is not None)
+
+
+def _copy_extents(f: BinaryIO, t: Tensor, progress: Callable[[int], None], max_bytes: int) -> bool:
+    """Copy ``t``'s bytes file to file in the kernel; False (nothing written) when that cannot be done."""
+    copy = getattr(os, "copy_file_range", None)
+    if copy is None:
+        return False
+    extents = t.source.extents(0, t.n_rows)
+    if not extents:
+        return False
+    try:
+        out_fd = f.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return False
+    f.flush()
+    pos = f.tell()
+    first = True
+    for file, offset, nbytes in extents:
+        in_fd = file.fileno()
+        left = nbytes
+        while left > 0:
+            try:
+                n = copy(in_fd, out_fd, min(left, max_bytes), offset, pos)
+            except OSError as e:
+                if first and e.errno in _NO_COPY:
+                    return False
+                if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                    raise MconvError(f"cannot write output: {e.strerror}")
+                raise
+            if n <= 0:
+                raise FormatError(f"the input ended at offset {offset} while {left} more bytes of this tensor "
+                                  "were expected (was it changed during the conversion?)", path=file.path,
+                                  offset=offset, tensor=t.name)
+            first = False
+            offset += n
+            pos += n
+            left -= n
+            progress(n)
+    f.seek(pos)
+    t.source.release()
+    return True
 
 
 def _write_all(f: BinaryIO, chunk: np.ndarray) -> None:

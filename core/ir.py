@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .dtypes import F32, DType
+from .dtypes import DIRECT_CASTS, F32, DType
 from .errors import FormatError, MconvError
 
 #: the largest piece a transform or writer handles at once (DESIGN: chunks of <= 64 MiB)
@@ -57,6 +57,7 @@ class MappedFile:
         self.path = os.fspath(path)
         self._lock = threading.Lock()
         self._map: Optional[mmap.mmap] = None
+        self._fd: Optional[int] = None
         self.size = os.path.getsize(self.path)
 
     @property
@@ -65,9 +66,19 @@ class MappedFile:
             if self._map is None:
                 if self.size == 0:
                     return b""
-                with open(self.path, "rb") as f:
-                    self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                self._map = mmap.mmap(self._open(), 0, access=mmap.ACCESS_READ)
             return self._map
+
+    def _open(self) -> int:
+        # the descriptor stays open with the map: fileno() hands out the very file that was mapped
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        return self._fd
+
+    def fileno(self) -> int:
+        """A read-only descriptor of this file (for in-kernel copies: ``os.copy_file_range``)."""
+        with self._lock:
+            return self._open()
 
     def view(self, offset: int, nbytes: int) -> np.ndarray:
         if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
@@ -101,6 +112,9 @@ class MappedFile:
                     # numpy views of the map are still alive; the map closes when they die
                     pass
                 self._map = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 class FileCache:
@@ -144,6 +158,12 @@ class Source:
     def files(self) -> tuple[str, ...]:
         return ()
 
+    def extents(self, start: int, stop: int) -> Optional[list[tuple["MappedFile", int, int]]]:
+        """Where rows [start, stop) lie verbatim in input files, as (file, offset, nbytes) runs in
+        order, or None when they must be computed.  Writers copy such runs in the kernel
+        (``core/io.write_tensor``) instead of reading them through memory."""
+        return None
+
 
 class FileSlice(Source):
     """Contiguous rows stored in a file at a byte offset (zero-copy through mmap)."""
@@ -172,6 +192,9 @@ class FileSlice(Source):
 
     def files(self) -> tuple[str, ...]:
         return (self.file.path,)
+
+    def extents(self, start: int, stop: int) -> Optional[list[tuple[MappedFile, int, int]]]:
+        return [(self.file, self.offset + start * self.row_bytes, (stop - start) * self.row_bytes)]
 
 
 class StridedView(Source):
@@ -274,12 +297,14 @@ class Derived(Source):
 
     def __init__(self, op: str, inputs: Sequence["Tensor"], fn: Callable[[int, int], np.ndarray],
                  attrs: Optional[Mapping[str, Any]] = None,
-                 release_rows: Optional[Callable[[int, int], None]] = None) -> None:
+                 release_rows: Optional[Callable[[int, int], None]] = None,
+                 extents: Optional[Callable[[int, int], Optional[list[tuple[MappedFile, int, int]]]]] = None) -> None:
         self.op = op
         self.inputs = tuple(inputs)
         self.fn = fn
         self.attrs = dict(attrs or {})
         self._release_rows = release_rows
+        self._extents = extents
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         return np.ascontiguousarray(self.fn(start, stop), dtype=np.uint8)
@@ -298,6 +323,10 @@ class Derived(Source):
         for t in self.inputs:
             out.extend(t.source.files())
         return tuple(dict.fromkeys(out))
+
+    def extents(self, start: int, stop: int) -> Optional[list[tuple[MappedFile, int, int]]]:
+        # only a transform that moves whole rows unchanged (concat along rows) knows its extents
+        return self._extents(start, stop) if self._extents is not None else None
 
 
 # ==================================================================================================
@@ -341,14 +370,16 @@ class Tensor:
                               f"{(stop - start, self.row_bytes)}", tensor=self.name)
         return out
 
-    def rows_per_chunk(self, max_bytes: int = CHUNK_BYTES, scale: int = 1) -> int:
-        """Rows per chunk so that a chunk (times ``scale`` for transforms that grow it) fits max_bytes."""
+    def rows_per_chunk(self, max_bytes: Optional[int] = None, scale: int = 1) -> int:
+        """Rows per chunk so that a chunk (times ``scale`` for transforms that grow it) fits max_bytes
+        (default CHUNK_BYTES)."""
+        max_bytes = CHUNK_BYTES if max_bytes is None else max_bytes
         per_row = max(1, self.row_bytes * scale, self.n_cols * 4 if self.dtype.is_quantized else 0)
         return max(1, max_bytes // per_row)
 
-    def iter_chunks(self, max_bytes: int = CHUNK_BYTES, release: bool = True) -> Iterator[np.ndarray]:
-        """Raw rows in chunks of at most ``max_bytes`` (at least one row), releasing mapped pages of
-        each chunk after the consumer has used it.  Derived tensors (casts, quantization...) are
+    def iter_chunks(self, max_bytes: Optional[int] = None, release: bool = True) -> Iterator[np.ndarray]:
+        """Raw rows in chunks of at most ``max_bytes`` (default CHUNK_BYTES; at least one row),
+        releasing mapped pages of each chunk after the consumer has used it.  Derived tensors (casts, quantization...) are
         computed in smaller chunks on a thread pool, one chunk ahead per core, in order."""
         if self.n_rows == 0 or self.row_bytes == 0:
             return
@@ -456,9 +487,12 @@ def cast(t: Tensor, dtype: DType) -> Tensor:
         return t
     src = t.dtype
     float_path = dtype.is_float or src.is_float
+    direct = DIRECT_CASTS.get((src.name, dtype.name))
 
     def rows(start: int, stop: int) -> np.ndarray:
         raw = t.read_rows(start, stop)
+        if direct is not None:
+            return direct(raw, t.n_cols)
         values = src.to_f32(raw, t.n_cols) if (float_path and src.is_quantized) else src.decode(raw, t.n_cols)
         if dtype.is_quantized:
             values = np.asarray(values, dtype=F32)
@@ -535,6 +569,18 @@ def concat(name: str, parts: Sequence[Tensor], axis: int) -> Tensor:
         def release_rows(start: int, stop: int) -> None:
             for k, base, n in pieces(start, stop):
                 parts[k].source.release_rows(base, base + n)
+
+        def extents(start: int, stop: int) -> Optional[list[tuple[MappedFile, int, int]]]:
+            out: list[tuple[MappedFile, int, int]] = []
+            for k, base, n in pieces(start, stop):
+                part = parts[k].source.extents(base, base + n)
+                if part is None:
+                    return None
+                out.extend(part)
+            return out
+
+        return Tensor(name, shape_t, first.dtype, Derived("concat", parts, rows, {"axis": axis}, release_rows,
+                                                          extents))
     return Tensor(name, shape_t, first.dtype, Derived("concat", parts, rows, {"axis": axis}, release_rows))
 
 
