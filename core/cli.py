@@ -227,9 +227,10 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     add_commands(sub, _add_read_options)
 
     if with_plugins:
-        from .registry import get_registry
+        # only the plugins that may add commands: no built-in format module, no numpy (registry.py)
+        from .registry import get_command_registry
 
-        get_registry().pm.hook.register_commands(subparsers=sub)
+        get_command_registry().pm.hook.register_commands(subparsers=sub)
     return parser
 
 
@@ -250,6 +251,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return EXIT_OK
+        from .memory import tune_allocator
+
+        tune_allocator()
         return int(args.func(args))
     except ModelsDiffer as e:
         print(f"mconv: validation failed: {e}", file=sys.stderr)

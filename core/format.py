@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Optional
 
 from .errors import UsageError
-from .ir import FileCache, Model, Tensor
+
+if TYPE_CHECKING:   # the IR (and numpy) is imported only when a model is read or written
+    from .ir import FileCache, Model, Tensor
 
 
 #: sniff confidences of directory inputs, encoding DESIGN's precedence: safetensors index >
@@ -64,7 +66,7 @@ class ReadContext:
     hparams: dict[str, Any] = field(default_factory=dict)
     #: --names: force a naming convention for generic containers
     names: Optional[str] = None
-    cache: FileCache = field(default_factory=FileCache)
+    cache: FileCache = field(default_factory=lambda: _file_cache())
 
 
 @dataclass
@@ -160,6 +162,12 @@ class Format:
     def output_name(self, directory: str) -> str:
         """The main file inside a directory layout (for messages)."""
         return directory
+
+
+def _file_cache() -> "FileCache":
+    from .ir import FileCache
+
+    return FileCache()
 
 
 def head_of(path: str, n: int = 64) -> tuple[bytes, int, bool]:

@@ -350,7 +350,8 @@ def register_table(table: NameTable) -> None:
 
 def load_table(path: str | os.PathLike[str]) -> NameTable:
     with open(path, "r", encoding="utf-8") as f:
-        data = yaml.safe_load(f)
+        # libyaml's safe loader when PyYAML has it: the same result, ten times faster to parse
+        data = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     return NameTable(data, source=os.fspath(path))
 
 

@@ -3,23 +3,33 @@ as third-party plugins (entry-point group ``mconv``), loaded on first use.
 
 ``MCONV_LOAD_PLUGINS``: unset = every installed entry point; a comma list = only those entry-point
 names; empty = built-ins only.
+
+Loading has two stages so that ``mconv --help`` stays cheap.  Building the command line needs only
+the ``register_commands`` hook: :func:`get_command_registry` imports the entry-point plugins (a
+plugin that keeps its top level light, importing its format code inside ``register_formats``, costs
+next to nothing) and the built-in modules listed in ``DEFAULT_COMMAND_PLUGINS``.  The built-in
+format modules (and numpy with them) are imported only when formats or architectures are needed,
+by :func:`get_registry`.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pluggy
 
+from typing import TYPE_CHECKING
+
 from . import hookspecs
-from .arch import Architecture
 from .errors import PluginError, UnknownFormatError
-from .format import Format, head_of
+
+if TYPE_CHECKING:
+    from .arch import Architecture
+    from .format import Format
 
 #: modules registered as plugins before any entry point (named as strings: core never imports a format)
 DEFAULT_PLUGINS: tuple[str, ...] = (
@@ -30,6 +40,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "mconv.formats.gguf",
     "mconv.formats.ggml",
 )
+
+#: built-in modules that implement ``register_commands``: imported to build the command line, before
+#: the other built-ins (none today: core's own commands are added by cli.py directly)
+DEFAULT_COMMAND_PLUGINS: tuple[str, ...] = ()
 
 ENTRY_POINT_GROUP = "mconv"
 
@@ -50,22 +64,53 @@ class PluginInfo:
 
 
 class Registry:
-    def __init__(self, load_entry_points: Optional[bool] = None) -> None:
+    def __init__(self) -> None:
         self.pm = pluggy.PluginManager("mconv")
         self.pm.add_hookspecs(hookspecs)
         self.formats: dict[str, FormatEntry] = {}
         self.aliases: dict[str, str] = {}
         self.architectures: dict[str, tuple[Architecture, str]] = {}
         self.plugins: dict[str, str] = {}
-        for module_name in DEFAULT_PLUGINS:
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError as e:
-                raise PluginError(f"built-in plugin {module_name} failed to import: {e}")
-            self.pm.register(module, name=module_name)
-            self.plugins[module_name] = "built-in"
-        self._load_entry_points()
-        self._collect()
+        self._commands_loaded = False
+        self._complete = False
+
+    def load_commands(self) -> "Registry":
+        """Stage 1: the plugins whose ``register_commands`` the command line needs."""
+        if not self._commands_loaded:
+            self._commands_loaded = True
+            for module_name in DEFAULT_COMMAND_PLUGINS:
+                self._register_builtin(module_name)
+            self._load_entry_points()
+        return self
+
+    def load_all(self) -> "Registry":
+        """Stage 2: every built-in, then formats and architectures collected from all plugins."""
+        if not self._complete:
+            self.load_commands()
+            self._complete = True
+            for module_name in DEFAULT_PLUGINS:
+                origin = self.plugins.get(module_name)
+                if origin is None:
+                    self._register_builtin(module_name)
+                elif origin != "built-in":
+                    raise PluginError(f"two plugins are named {module_name!r}: built-in and {origin}")
+            self._collect()
+        return self
+
+    def _register_builtin(self, module_name: str) -> None:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise PluginError(f"built-in plugin {module_name} failed to import: {e}")
+        self.pm.register(module, name=module_name)
+        self.plugins[module_name] = "built-in"
+
+    def _ordered(self, impls: list[Any]) -> list[Any]:
+        """Hook implementations with the built-ins first, in DEFAULT_PLUGINS order, then entry points
+        in load order (what registration order was before loading had stages)."""
+        rank = {name: i for i, name in enumerate([*DEFAULT_PLUGINS, *(p for p in self.plugins
+                                                                       if p not in DEFAULT_PLUGINS)])}
+        return sorted(impls, key=lambda impl: rank.get(impl.plugin_name, len(rank)))
 
     # -- loading -----------------------------------------------------------------------------------
     def _selected(self) -> Optional[set[str]]:
@@ -78,6 +123,8 @@ class Registry:
         selected = self._selected()
         if selected is not None and not selected:
             return
+        import importlib.metadata
+
         seen: set[str] = set()
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             if selected is not None and ep.name not in selected:
@@ -102,12 +149,14 @@ class Registry:
             self.plugins[name] = origin
 
     def _collect(self) -> None:
-        for impl in self.pm.hook.register_formats.get_hookimpls():
+        for impl in self._ordered(self.pm.hook.register_formats.get_hookimpls()):
             impl.function(register=lambda fmt, _p=impl.plugin_name: self._add_format(fmt, _p))
-        for impl in self.pm.hook.register_architectures.get_hookimpls():
+        for impl in self._ordered(self.pm.hook.register_architectures.get_hookimpls()):
             impl.function(register=lambda arch, _p=impl.plugin_name: self._add_arch(arch, _p))
 
     def _add_format(self, fmt: Any, plugin: str) -> None:
+        from .format import Format
+
         if isinstance(fmt, type):
             fmt = fmt()
         if not isinstance(fmt, Format) or not fmt.name:
@@ -121,6 +170,8 @@ class Registry:
             self.aliases[alias] = fmt.name
 
     def _add_arch(self, arch: Any, plugin: str) -> None:
+        from .arch import Architecture
+
         if not isinstance(arch, Architecture):
             raise PluginError(f"plugin {plugin!r} registered {arch!r}, which is not an Architecture")
         if arch.name in self.architectures:
@@ -146,6 +197,8 @@ class Registry:
 
     def sniff(self, path: str) -> Format:
         """The format that claims ``path`` with the highest confidence."""
+        from .format import head_of
+
         try:
             head, size, is_dir = head_of(path)
         except OSError as e:
@@ -170,7 +223,9 @@ class Registry:
 
     def plugin_infos(self) -> list[PluginInfo]:
         out = []
-        for name, origin in self.plugins.items():
+        builtins = [n for n in DEFAULT_PLUGINS if n in self.plugins]
+        for name in [*builtins, *(p for p in self.plugins if p not in builtins)]:
+            origin = self.plugins[name]
             fmts = tuple(n for n, e in self.formats.items() if e.plugin == name)
             archs = tuple(n for n, (_, p) in self.architectures.items() if p == name)
             out.append(PluginInfo(name, origin, fmts, archs))
@@ -181,12 +236,32 @@ _REGISTRY: Optional[Registry] = None
 _LOCK = threading.Lock()
 
 
-def get_registry() -> Registry:
+def _shared() -> Registry:
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = Registry()
+    return _REGISTRY
+
+
+def _loaded(stage: Callable[[Registry], Registry]) -> Registry:
     global _REGISTRY
     with _LOCK:
-        if _REGISTRY is None:
-            _REGISTRY = Registry()
-        return _REGISTRY
+        try:
+            return stage(_shared())
+        except BaseException:
+            _REGISTRY = None   # a plugin failed: the next call tries again (and fails the same way)
+            raise
+
+
+def get_registry() -> Registry:
+    """The registry with every plugin loaded and every format and architecture collected."""
+    return _loaded(Registry.load_all)
+
+
+def get_command_registry() -> Registry:
+    """The registry as far as the command line needs it (``register_commands``): entry-point plugins
+    and DEFAULT_COMMAND_PLUGINS, no built-in format module."""
+    return _loaded(Registry.load_commands)
 
 
 def reset_registry() -> None:

@@ -39,7 +39,6 @@ from mconv.plugins import (
     UnsupportedError,
     WriteContext,
     get_dtype,
-    hookimpl,
     read_sentencepiece_file,
     resolve,
     sidecar_hparams,
@@ -454,8 +453,3 @@ class NpzFormat(Format):
 
     def write(self, model: Model, path: str, ctx: WriteContext) -> None:
         write_npz(model, path, ctx)
-
-
-@hookimpl
-def register_formats(register: Callable[[object], None]) -> None:
-    register(NpzFormat)
