@@ -45,7 +45,12 @@ MAX_SIDECAR_BYTES = 16 << 20
 def load_json_sidecar(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_SIDECAR_BYTES + 1)
+            # a read of MAX_SIDECAR_BYTES + 1 would allocate that much up front: read what the file
+            # holds (and one byte more, to notice a file that grew)
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(min(size, MAX_SIDECAR_BYTES) + 1)
+            if len(data) > size:
+                data += f.read(MAX_SIDECAR_BYTES + 1 - len(data))
         if len(data) > MAX_SIDECAR_BYTES:
             raise FormatError("JSON sidecar larger than 16 MiB", path=path)
         value = json.loads(data.decode("utf-8"))

@@ -292,7 +292,8 @@ def _contiguous(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
 
 
 class _Inflated:
-    """A DEFLATED storage member, inflated once on first use and kept."""
+    """A DEFLATED storage member, inflated on first use and kept until its tensor is written
+    (``release``: tensors sharing the storage inflate it again)."""
 
     def __init__(self, path: str, member: Member) -> None:
         self.path = path
@@ -307,6 +308,10 @@ class _Inflated:
                     self.data = np.frombuffer(read_member(f, self.member, self.path, MAX_INFLATED_STORAGE_BYTES),
                                               dtype=np.uint8)
             return self.data
+
+    def release(self) -> None:
+        with self.lock:
+            self.data = None
 
 
 def _root(ref: StorageRef) -> tuple[StorageRef, int]:
@@ -334,7 +339,7 @@ class TensorFactory:
         src = root.source
         if isinstance(src, Member) and src.method != STORED:
             inflated = self._inflated.setdefault(src.name, _Inflated(self.loaded.path, src))
-            return None, lambda: inflated()[off:off + ref.nbytes], None
+            return None, lambda: inflated()[off:off + ref.nbytes], inflated.release
         start = (src.data_offset if isinstance(src, Member) else int(src)) + off
         mapped = self._mapped()
         return start, lambda: mapped.view(start, ref.nbytes), lambda: mapped.release(start, ref.nbytes)
