@@ -4,6 +4,7 @@
 
 Reports wall and CPU time for one thread, and wall time with N threads each quantizing a slice
 (the kernels are plain numpy, which releases the GIL, so a writer's thread pool can use every core).
+The allocator is set up as the mconv command sets it (core/memory.py) unless --malloc-default.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ def main() -> None:
     ap.add_argument("types", nargs="*", default=TYPES)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mib", type=int, default=64)
+    ap.add_argument("--malloc-default", action="store_true", help="leave glibc's allocator settings alone")
     args = ap.parse_args()
+    if not args.malloc_default:
+        from mconv.core.memory import tune_allocator
+
+        tune_allocator()
     rows = args.mib * 2**20 // (4 * 4096)
     x = (np.random.default_rng(0).standard_normal((rows, 4096)) * 0.02).astype(np.float32)
     mib = x.nbytes / 2**20
