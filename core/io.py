@@ -226,13 +226,54 @@ def write_tensor(f: BinaryIO, t: Tensor, progress: Callable[[int], None] = lambd
     if t.n_rows and t.row_bytes and _copy_extents(f, t, progress, max_bytes):
         return t.nbytes
     written = 0
+    out = _Written(f)
     for chunk in t.iter_chunks(max_bytes):
         _write_all(f, chunk)
         written += chunk.nbytes
         progress(chunk.nbytes)
+        out.advance()
     if written != t.nbytes:
         raise MconvError(f"wrote {written} bytes for a tensor of {t.nbytes} bytes", tensor=t.name)
     return written
+
+
+#: written output is handed to the disk and dropped from the page cache in steps of this many bytes
+WRITEBACK_BYTES = 64 << 20
+
+
+class _Written:
+    """Start writing each completed WRITEBACK_BYTES step of the output to disk, and let the kernel
+    drop its pages once they are clean (``posix_fadvise(DONTNEED)``: asynchronous writeback of dirty
+    pages, then the clean ones are dropped).
+
+    Without this, a multi-GB output sits dirty in the page cache until the final fsync, which then
+    writes all of it while nothing else happens; with it, the disk works while the conversion goes
+    on, the fsync finds little left, and the conversion does not fill the page cache with an output
+    nobody is about to read.  Steps are cut at multiples of WRITEBACK_BYTES from the start of the file,
+    so steps that span two tensors (or a header) are handed over when the later one crosses the end."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.fd: Optional[int] = None
+        self.f = f
+        try:
+            if hasattr(os, "posix_fadvise"):
+                self.fd = f.fileno()
+                self.pos = f.tell()
+        except (AttributeError, OSError, ValueError):
+            self.fd = None
+
+    def advance(self, pos: Optional[int] = None) -> None:
+        if self.fd is None:
+            return
+        pos = self.f.tell() if pos is None else pos
+        start, end = self.pos // WRITEBACK_BYTES * WRITEBACK_BYTES, pos // WRITEBACK_BYTES * WRITEBACK_BYTES
+        if end > start:
+            try:
+                os.posix_fadvise(self.fd, start, end - start, os.POSIX_FADV_DONTNEED)
+            except OSError:       # a file system or a kernel without it: the final fsync writes it all
+                self.fd = None
+                return
+            self.pos = pos
 
 
 #: errors of a first copy_file_range that mean "not here": stream the bytes instead
@@ -254,6 +295,7 @@ def _copy_extents(f: BinaryIO, t: Tensor, progress: Callable[[int], None], max_b
         return False
     f.flush()
     pos = f.tell()
+    out = _Written(f)
     first = True
     for file, offset, nbytes in extents:
         in_fd = file.fileno()
@@ -276,6 +318,7 @@ def _copy_extents(f: BinaryIO, t: Tensor, progress: Callable[[int], None], max_b
             pos += n
             left -= n
             progress(n)
+            out.advance(pos)
     f.seek(pos)
     t.source.release()
     return True

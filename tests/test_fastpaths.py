@@ -126,3 +126,24 @@ def test_allocator_setting() -> None:
         pytest.skip("glibc on Linux without MALLOC_ overrides only")
     assert tune_allocator() is True
     assert tune_allocator() is True      # once per process
+
+
+@pytest.mark.parametrize("copied", [True, False])
+def test_written_output_is_handed_to_the_disk_as_it_goes(tmp_path, monkeypatch, copied) -> None:  # type: ignore[no-untyped-def]
+    """Each completed step of the output is passed to posix_fadvise(DONTNEED) (writeback starts, clean
+    pages go), steps counted from the start of the file across tensors and headers."""
+    monkeypatch.setattr(mio, "WRITEBACK_BYTES", 4096)
+    advised = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: advised.append((off, n, advice)))
+    x = np.arange(5000, dtype=np.float32).reshape(50, 100)        # 20000 bytes
+    t = _file_tensor(tmp_path, "a", x) if copied else cast(_file_tensor(tmp_path, "a", x.astype(np.float64),
+                                                                         "f64"), get_dtype("f32"))
+    with open(tmp_path / "o.bin", "wb") as f:
+        f.write(b"h" * 1000)
+        mio.write_tensor(f, t, max_bytes=3000)
+        mio.write_tensor(f, t, max_bytes=3000)
+    assert (tmp_path / "o.bin").read_bytes() == b"h" * 1000 + x.tobytes() * 2
+    assert all(a == os.POSIX_FADV_DONTNEED and off % 4096 == 0 and n % 4096 == 0 for off, n, a in advised)
+    covered = sorted((off, off + n) for off, n, _ in advised)
+    assert covered[0][0] == 0 and covered[-1][1] == 41000 // 4096 * 4096
+    assert all(a[1] == b[0] for a, b in zip(covered, covered[1:]))    # no gap, no overlap
