@@ -18,11 +18,9 @@ import importlib
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import pluggy
-
-from typing import TYPE_CHECKING
 
 from . import hookspecs
 from .errors import PluginError, UnknownFormatError

@@ -252,3 +252,16 @@ def test_help_with_an_entry_point_plugin_does_not_import_numpy(tmp_path, monkeyp
     env["PYTHONPATH"] = os.pathsep.join([str(site), NPZ_PLUGIN_DIR, env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.stdout.strip() == "0 True True []", out.stderr
+
+
+def test_builtins_adding_commands_are_loaded_for_the_command_line() -> None:
+    """The command line loads only DEFAULT_COMMAND_PLUGINS of the built-ins: any built-in module
+    implementing register_commands must be listed there, or its commands would be missing."""
+    import importlib
+
+    from mconv.core.registry import DEFAULT_COMMAND_PLUGINS, DEFAULT_PLUGINS
+
+    for name in DEFAULT_PLUGINS:
+        module = importlib.import_module(name)
+        if hasattr(module, "register_commands"):
+            assert name in DEFAULT_COMMAND_PLUGINS, name
