@@ -47,6 +47,7 @@ from mconv.core.format import (
     ReadContext,
     WriteContext,
     WriterOption,
+    jsonable,
     parse_bool,
     parse_size,
 )
