@@ -63,6 +63,16 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
     fmt = target_format(args.output, args.to)
     model = _open(args.input, args.from_, args)
+    out = sys.stdout
+
+    def report(plan: Any) -> None:
+        # before the (possibly long) write, so the user sees what will change while it runs
+        print(f"read   {args.input} ({model.format}, {len(model.tensors)} tensors, {_human(model.nbytes())})",
+              file=out)
+        for line in plan.report():
+            print(f"  {line}", file=out)
+        out.flush()
+
     try:
         check = None
         if args.validate:
@@ -70,14 +80,11 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
             check = translate_check(model, fmt, args)
         result = write_model(model, args.output, fmt, dtype=args.dtype, options=_kv_list(args.option, "-O"),
-                             allow_lossy=args.allow_lossy, force=args.force, check=check, quiet=args.quiet)
+                             allow_lossy=args.allow_lossy, force=args.force, check=check, quiet=args.quiet,
+                             on_plan=report)
     except BaseException:
         model.close()
         raise
-    out = sys.stdout
-    print(f"read   {args.input} ({model.format}, {len(model.tensors)} tensors, {_human(model.nbytes())})", file=out)
-    for line in result.plan.report():
-        print(f"  {line}", file=out)
     rate = result.bytes / result.seconds / 2**20 if result.seconds > 0 else 0.0
     print(f"wrote  {result.path} ({fmt.name}, {len(result.plan.model.tensors)} tensors, "
           f"{_human(result.bytes)}) in {result.seconds:.2f} s ({rate:.0f} MiB/s)", file=out)

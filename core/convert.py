@@ -90,8 +90,9 @@ class WriteResult:
 def write_model(model: Model, out: str, fmt: Format, *, dtype: Optional[str] = None,
                 options: Optional[Mapping[str, str]] = None, allow_lossy: bool = False, force: bool = False,
                 check: Optional[Callable[[str, Plan], None]] = None, quiet: bool = False,
-                extra_inputs: Sequence[str] = ()) -> WriteResult:
-    """Plan and write ``model`` to ``out`` atomically; ``check(temp_path, plan)`` runs before commit."""
+                extra_inputs: Sequence[str] = (), on_plan: Optional[Callable[[Plan], None]] = None) -> WriteResult:
+    """Plan and write ``model`` to ``out`` atomically; ``on_plan(plan)`` runs once the plan is made
+    (before anything is written), ``check(temp_path, plan)`` before the output is committed."""
     if not fmt.can_write:
         raise UsageError(f"format {fmt.name} cannot be written")
     as_dir = out.endswith("/") or os.path.isdir(out)
@@ -100,6 +101,8 @@ def write_model(model: Model, out: str, fmt: Format, *, dtype: Optional[str] = N
     wctx = WriteContext(options=fmt.parse_options(options or {}), as_directory=as_dir,
                         final_path=os.path.abspath(out.rstrip("/") or out), dtype=dtype)
     plan = make_plan(model, fmt, wctx, dtype=dtype, allow_lossy=allow_lossy)
+    if on_plan is not None:
+        on_plan(plan)
     start = time.perf_counter()
     total = plan.model.nbytes()
     try:

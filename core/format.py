@@ -170,6 +170,26 @@ def _file_cache() -> "FileCache":
     return FileCache()
 
 
+def jsonable(value: Any) -> Any:
+    """Metadata as JSON-able values (numpy scalars and arrays as numbers and lists, bytes as text),
+    for formats that keep free metadata as JSON."""
+    import numpy as np
+
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return repr(value)
+
+
 def head_of(path: str, n: int = 64) -> tuple[bytes, int, bool]:
     if os.path.isdir(path):
         return b"", 0, True

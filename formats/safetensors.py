@@ -38,6 +38,7 @@ from mconv.plugins import (
     WriterOption,
     get_dtype,
     hookimpl,
+    jsonable,
     merge_shards,
     parse_bool,
     parse_size,
@@ -316,22 +317,6 @@ def _read_tokenizer(metadata: dict[str, str], directory: str, path: str):  # typ
 # writing
 # ==================================================================================================
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return repr(value)
-
-
 def _hf_tensors(model: Model) -> list[Tensor]:
     """Model tensors renamed and re-laid-out in the HF convention (extras keep their names)."""
     names = table(model.arch)
@@ -362,9 +347,9 @@ def write_file(path: str, tensors: list[Tensor], metadata: dict[str, str], progr
 
 
 def _file_metadata(model: Model, with_tokenizer: bool) -> dict[str, str]:
-    meta = {META_FORMAT: "pt", META_HPARAMS: json.dumps(_jsonable(model.hparams), sort_keys=True)}
+    meta = {META_FORMAT: "pt", META_HPARAMS: json.dumps(jsonable(model.hparams), sort_keys=True)}
     if model.metadata:
-        meta[META_METADATA] = json.dumps(_jsonable(model.metadata), sort_keys=True)
+        meta[META_METADATA] = json.dumps(jsonable(model.metadata), sort_keys=True)
     if with_tokenizer and model.tokenizer is not None:
         meta[META_TOKENIZER] = json.dumps(tokenizer_to_json(model.tokenizer), separators=(",", ":"))
     return meta

@@ -52,6 +52,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "ReadContext": ("mconv.core.format", "ReadContext"),
     "WriteContext": ("mconv.core.format", "WriteContext"),
     "WriterOption": ("mconv.core.format", "WriterOption"),
+    "jsonable": ("mconv.core.format", "jsonable"),
     "parse_bool": ("mconv.core.format", "parse_bool"),
     "parse_size": ("mconv.core.format", "parse_size"),
     "hookimpl": ("mconv.core.hookspecs", "hookimpl"),
@@ -160,6 +161,7 @@ if TYPE_CHECKING:  # type checkers see the plain imports
         ReadContext,
         WriteContext,
         WriterOption,
+        jsonable,
         parse_bool,
         parse_size,
     )

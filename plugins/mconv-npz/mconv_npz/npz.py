@@ -39,6 +39,7 @@ from mconv.plugins import (
     UnsupportedError,
     WriteContext,
     get_dtype,
+    jsonable,
     read_sentencepiece_file,
     resolve,
     sidecar_hparams,
@@ -116,7 +117,7 @@ def write_npz(model: Model, path: str, ctx: WriteContext) -> None:
         "arch": model.arch,
         "hparams": model.hparams,
         "tokenizer": tokenizer_to_json(model.tokenizer) if model.tokenizer is not None else None,
-        "metadata": _jsonable(model.metadata),
+        "metadata": jsonable(model.metadata),
         "history": [[s.kind, s.detail] for s in model.history],
         "tensors": {t.name: {**_dtype_tag(t.dtype), "shape": list(t.shape)} for t in model.tensors.values()},
     }
@@ -131,22 +132,6 @@ def write_npz(model: Model, path: str, ctx: WriteContext) -> None:
                 for chunk in t.iter_chunks():
                     member.write(memoryview(chunk).cast("B"))
                     ctx.progress(chunk.nbytes)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return repr(value)
 
 
 # ==================================================================================================
