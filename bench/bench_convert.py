@@ -230,6 +230,8 @@ class Row:
     out_suffix: str = ""
     walls: list[float] = field(default_factory=list)
     rss: list[int] = field(default_factory=list)
+    #: bytes of the input (recorded while it exists: inputs may be deleted before the report)
+    size: int = 0
 
 
 def _size(path: str) -> int:
@@ -427,6 +429,8 @@ def main() -> int:
                     return 1
                 if row.name == "cp" and k == 0:
                     continue
+                path = row.input_path(inputs)
+                row.size = _size(path) if path else 0
                 row.walls.append(wall)
                 row.rss.append(rss)
                 log(f"  {row.name:<8} run {len(row.walls)}: {wall:7.2f} s, peak RSS {rss / 2**20:7.1f} MiB")
@@ -447,7 +451,7 @@ def report(rows: list[Row], inputs: Inputs, args: argparse.Namespace, load_start
            model_bytes: int) -> None:
     cp = next((r for r in rows if r.name == "cp"), None)
     cp_wall = statistics.median(cp.walls) if cp else None
-    cp_size = _size(cp.input_path(inputs)) if cp else 0
+    cp_size = cp.size if cp else 0
     head = f"{'row':<8} {'what':<28} {'wall s':>8} {'MB/s':>8} {'peak RSS':>10} {'RSS/in':>7} {'x cp':>6}  target"
     print(f"\nmedian of {args.runs} run(s); load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end; "
           f"input {model_bytes / 1e9:.2f} GB")
@@ -457,8 +461,7 @@ def report(rows: list[Row], inputs: Inputs, args: argparse.Namespace, load_start
     for r in rows:
         wall = statistics.median(r.walls)
         rss = statistics.median(r.rss)
-        in_path = r.input_path(inputs)
-        size = _size(in_path) if in_path else 0
+        size = r.size
         rate = f"{size / wall / MB:8.0f}" if size and r.name not in ("inspect", "help") else f"{'':>8}"
         frac = rss / size if size else 0.0
         # cp of as many bytes as this row reads (the q8_0 GGUF is smaller than the .pth cp copies)
