@@ -12,12 +12,13 @@ import numpy as np
 
 from .errors import FormatError
 from .ir import Tokenizer
+from .limits import MAX_TOKENS
 
 #: a tokenizer.model larger than this is refused (Llama 2's is 500 KB, Gemma's 4 MB)
 MAX_SP_MODEL_BYTES = 64 << 20
 #: pieces a tokenizer.model may hold (Gemma has 262144): counted on the wire before parsing, since
 #: 64 MiB of empty pieces would take gigabytes once parsed
-MAX_SP_PIECES = 1 << 20
+MAX_SP_PIECES = MAX_TOKENS
 
 
 def read_sentencepiece_file(path: str) -> Tokenizer:

@@ -53,6 +53,13 @@ from mconv.core.format import (
 from mconv.core.hookspecs import hookimpl
 from mconv.core.hparams import infer_from_shapes, load_json_sidecar, resolve, sidecar_hparams
 from mconv.core.io import fsync_path, write_padding, write_tensor
+from mconv.core.limits import (
+    MAX_TENSORS,
+    MAX_TOKENS,
+    check_shape,
+    check_tensor_count,
+    check_token_count,
+)
 from mconv.core.ir import (
     CHUNK_BYTES,
     Derived,

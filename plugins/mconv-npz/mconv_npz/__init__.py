@@ -38,6 +38,7 @@ from mconv.plugins import (
     Tensor,
     UnsupportedError,
     WriteContext,
+    check_shape,
     get_dtype,
     hookimpl,
     read_sentencepiece_file,
@@ -180,9 +181,11 @@ def _parse_npy_header(prefix: bytes, where: str) -> tuple[str, tuple[int, ...], 
         raise FormatError(f".npy header of {hlen} bytes is truncated or over {MAX_NPY_HEADER} bytes", member=where)
     try:
         # numpy's own parser (ast.literal_eval of the dict, never pickle), fed as a version 1.0 header
-        # (it expects the stream just past the 8-byte magic and version)
+        # (it expects the stream just past the 8-byte magic and version).  Hostile text makes it raise
+        # more than ValueError (tokenize.TokenError, TypeError from sorting mixed keys...): any
+        # exception of the parser is a bad header.
         header = np.lib.format.read_array_header_1_0(io.BytesIO(struct.pack("<H", hlen) + prefix[start:start + hlen]))
-    except (ValueError, SyntaxError, struct.error) as e:
+    except Exception as e:  # noqa: BLE001 - see above
         raise FormatError(f"bad .npy header: {e}", member=where)
     shape, fortran, dtype = header
     if dtype.hasobject:
@@ -195,7 +198,7 @@ def _parse_npy_header(prefix: bytes, where: str) -> tuple[str, tuple[int, ...], 
 
 def _local_data_offset(mm: Any, info: zipfile.ZipInfo, size: int, name: str) -> int:
     off = info.header_offset
-    if off + 30 > size:
+    if off < 0 or off + 30 > size:
         raise FormatError("local header past the end of the file", member=name, offset=off)
     sig, = struct.unpack_from("<I", mm, off)
     if sig != 0x04034B50:
@@ -225,6 +228,11 @@ def _members(path: str, ctx: ReadContext) -> tuple[dict[str, _Member], Optional[
         dups = sorted({n for n in names if names.count(n) > 1}) if len(set(names)) != len(names) else []
         if dups:
             raise FormatError("duplicate member", member=dups[0])
+        # compressed members are inflated into memory: bound their declared sizes in all, before any
+        # is read (a member inflating past its declared size is cut there and fails its CRC)
+        inflated = sum(i.file_size for i in infos if i.compress_type != zipfile.ZIP_STORED and i.filename.endswith(".npy"))
+        if inflated > MAX_INFLATE_BYTES:
+            raise FormatError(f"compressed members declare {inflated} bytes in all; the limit is {MAX_INFLATE_BYTES}")
         mapped = ctx.cache.get(path)
         mm = mapped.buffer
         members: dict[str, _Member] = {}
@@ -289,11 +297,20 @@ def _tensor(name: str, m: _Member, tag: Optional[dict[str, Any]]) -> Tensor:
     else:
         dt = _dtype_from_tag(tag, m.name)
         shape = tuple(tag["shape"])
+        try:
+            check_shape(shape, dt)
+        except FormatError as e:
+            raise e.at(member=META_MEMBER, tensor=name)
         expected = (_npy_descr(dt), (_rows(shape), dt.row_bytes(_cols(shape))) if dt.is_quantized else shape)
         if (m.descr, m.shape) != expected:
             raise FormatError(f"array is {m.descr} {m.shape} but __mconv__.json says {dt.name} {shape}, stored as "
                               f"{expected[0]} {expected[1]}", member=m.name)
         big = False
+    if tag is None:
+        try:
+            check_shape(shape, dt)
+        except FormatError as e:
+            raise e.at(member=m.name)
     rows, cols = _rows(shape), _cols(shape)
     row_bytes = dt.row_bytes(cols)
     if m.fortran and len(shape) > 1:
@@ -378,7 +395,9 @@ def read_npz(path: str, ctx: ReadContext) -> Model:
     if meta_blob is not None:
         try:
             meta = _check_meta(json.loads(meta_blob.decode("utf-8")))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        except RecursionError:
+            raise FormatError("not valid JSON: it nests too deeply", member=META_MEMBER)
+        except ValueError as e:  # UnicodeDecodeError, JSONDecodeError, an integer of over 4300 digits
             raise FormatError(f"not valid JSON: {e}", member=META_MEMBER)
     arch = meta.get("arch", "llama") if meta else "llama"
     names = table(arch)
