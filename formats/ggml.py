@@ -248,7 +248,7 @@ def _read_tensors(cur: Cursor, mapped: Any, variant: str, version: int) -> list[
             check_shape(shape, dt)
             check_tensor_count(len(out) + 1)
         except FormatError as e:
-            raise e.at(path=cur.path, tensor=name, offset=at)
+            raise cur.error(f"tensor {name!r}: {e.message}", at)
         if variant == "ggjt":
             cur.pos = min(pad_to(cur.pos, ALIGNMENT), cur.size)
         rows = 1

@@ -244,7 +244,7 @@ def read_header(path: str, buf: Any, size: int) -> Header:
         try:
             check_shape(tuple(int(d) for d in reversed(ne)), dt)
         except FormatError as e:
-            raise e.at(path=path, tensor=name, offset=dims_at)
+            raise cur.error(f"tensor {name!r}: {e.message}", dims_at)
         offset = cur.u64(f"offset of {name!r}")
         infos.append(TensorInfo(name, tuple(int(d) for d in ne), type_id, offset, at))
 

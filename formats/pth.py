@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from mconv.plugins import (
-    MAX_TENSORS,
     DIR_CONSOLIDATED_PTH,
     DIR_OTHER_PTH,
     DIR_PYTORCH_BIN,
@@ -160,11 +159,10 @@ def _read_part(path: str, ctx: ReadContext) -> _Part:
         if name in tensors:
             raise FormatError("two tensors have this name", path=path, tensor=name)
         tensors[name] = factory.tensor(name, leaf)
-        if len(tensors) > MAX_TENSORS:
-            try:
-                check_tensor_count(len(tensors))
-            except FormatError as e:
-                raise e.at(path=path)
+        try:
+            check_tensor_count(len(tensors))
+        except FormatError as e:
+            raise e.at(path=path)
         first = owner.setdefault(id(leaf.storage), name)
         if first != name:
             notes.append(f"{name} shares its storage with {first}")

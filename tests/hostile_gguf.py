@@ -173,6 +173,8 @@ def _gguf_cases() -> list[Case]:
         "tensor 't' dimension 1 is negative (-2)")
     add("element-count-overflow", gguf_file([ARCH], [ginfo("t", [1 << 32, 1 << 31, 2, 1], 0, 0)], data), head + 9,
         f"tensor 't' with ne [{1 << 32}, {1 << 31}, 2, 1] has {1 << 64} elements, more than 2^63-1")
+    add("zero-dim-huge-shape", gguf_file([ARCH], [ginfo("t", [0, 1 << 40, 1 << 40], 0, 0)], data), head + 9,
+        f"tensor 't': shape [{1 << 40}, {1 << 40}, 0] is too large")
     add("unknown-ggml-type", gguf_file([ARCH], [ginfo("t", [8], 99, 0)], data), head + 9 + 12,
         "tensor 't' has unknown ggml type 99")
     add("removed-ggml-type", gguf_file([ARCH], [ginfo("t", [32], 4, 0)], data), head + 9 + 12,
@@ -288,6 +290,9 @@ def _variant_cases() -> list[Case]:
         cases.append(Case(f"{tag}-duplicate-name", base + rec + ggml_tensor(len(base) + len(rec), "norm.weight", [8],
                                                                             0, f32, variant == "ggjt"),
                           len(base) + len(rec), "duplicate tensor name 'norm.weight'"))
+        cases.append(Case(f"{tag}-zero-dim-huge-shape", base + ggml_tensor(len(base), "w", [0, 1 << 31, 1 << 31, 1 << 31],
+                                                                           0, b"", variant == "ggjt"), len(base),
+                          f"tensor 'w': shape [{1 << 31}, {1 << 31}, {1 << 31}, 0] is too large"))
         cases.append(Case(f"{tag}-five-dims", base + struct.pack("<3I", 5, 1, 0), len(base),
                           "tensor header has 5 dimensions (1 to 4 allowed)"))
         cases.append(Case(f"{tag}-truncated-tensor-header", base + struct.pack("<2I", 1, 4), len(base),

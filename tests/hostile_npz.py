@@ -182,6 +182,15 @@ def cases() -> list[tuple[str, Callable[[str], str], str]]:
         ("local_header_lies", lambda d: _write(d, _local_name_lie()),
          "local header names b'output_norm.weight.npx', central directory 'output_norm.weight.npy'"),
         ("member_past_eof", lambda d: _write(d, _member_past_eof()), "runs past the end of the file"),
+        # (a classic end record counts to 65535: more entries take a zip64 end record)
+        ("too_many_members", lambda d: _write(d, _end_record(entries=300_000, zip64=True)),
+         "300000 members exceed the limit of 262145"),
+        ("too_many_members_2_40", lambda d: _write(d, _end_record(entries=1 << 40, zip64=True)),
+         f"{1 << 40} members exceed the limit of 262145"),
+        ("central_directory_huge", lambda d: _write(d, _end_record(cd_size=100 << 20)),
+         f"central directory of {100 << 20} bytes exceeds the {64 << 20}-byte limit"),
+        # 100,000 entries of one name: a duplicate search by list.count would take minutes
+        ("one_name_100000_times", lambda d: _write(d, _same_name(100_000)), "member 'a.npy': duplicate member"),
         # -- .npy headers ---------------------------------------------------------------------------------
         ("object_array", _npy_member(npy_raw("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }", b"\0" * 8)),
          "object arrays are refused (allow_pickle=False)"),
@@ -295,6 +304,31 @@ def _member_past_eof() -> bytes:
     lh = blob.find(b"PK\x03\x04")
     struct.pack_into("<II", blob, lh + 18, size, size)
     return bytes(blob)
+
+
+def _end_record(entries: int = 1, cd_size: int = 0, zip64: bool = False) -> bytes:
+    """A local header and an end record claiming ``entries`` entries in a ``cd_size``-byte
+    directory (zip64 end record and locator too, if ``zip64``)."""
+    local = b"PK\x03\x04" + struct.pack("<HHHHHIIIHH", 20, 0, 0, 0, 0x21, 0, 0, 0, 5, 0) + b"a.npy"
+    out = local
+    if zip64:
+        z64 = len(out)
+        out += b"PK\x06\x06" + struct.pack("<QHHIIQQQQ", 44, 45, 45, 0, 0, entries, entries, cd_size, len(local))
+        out += b"PK\x06\x07" + struct.pack("<IQI", 0, z64, 1)
+        entries, cd_size = 0xFFFF, 0xFFFFFFFF
+    return out + b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, entries, entries, cd_size, len(local), 0)
+
+
+def _same_name(n: int) -> bytes:
+    """``n`` central directory entries all named a.npy, all pointing at one stored member."""
+    data = npy(np.zeros(2, "<f4"))
+    crc = zlib.crc32(data)
+    local = b"PK\x03\x04" + struct.pack("<HHHHHIIIHH", 20, 0, 0, 0, 0x21, crc, len(data), len(data), 5, 0) + \
+        b"a.npy" + data
+    entry = b"PK\x01\x02" + struct.pack("<HHHHHHIIIHHHHHII", 20, 20, 0, 0, 0, 0x21, crc, len(data), len(data), 5, 0,
+                                         0, 0, 0, 0, 0) + b"a.npy"
+    cd = entry * n
+    return local + cd + b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 0xFFFF, 0xFFFF, len(cd), len(local), 0)
 
 
 def _two_bombs() -> bytes:

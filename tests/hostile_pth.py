@@ -351,6 +351,8 @@ CASES: list[Case] = [
     _state("huge_view", lambda m: [("x", tensor_expr(size=(1 << 40, 1 << 40), stride=(1, 1)))], last_of_x,
            "torch._utils._rebuild_tensor_v2: view reaches element 2199023255550 of a storage of 4 elements",
            heavy=True),
+    _state("empty_but_huge_shape", lambda m: [("x", tensor_expr(size=(0, 1 << 62, 1 << 62), stride=(1, 1, 1)))], None,
+           f"tensor 'x': shape [0, {1 << 62}, {1 << 62}] is too large"),
     _state("size_lie", lambda m: [("x", _V2 + op.MARK + pid(numel=1000))], last_of_x,
            "storage '0' declares 1000 f32 elements (4000 bytes) but its record holds 16 bytes"),
     _state("huge_numel", lambda m: [("x", _V2 + op.MARK + pid(numel=1 << 62))], last_of_x,

@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from mconv.plugins import (
+    MAX_TENSORS,
     DType,
     FileSlice,
     Format,
@@ -51,9 +52,12 @@ from mconv.plugins import (
 
 META_MEMBER = "__mconv__.json"
 FORMAT_VERSION = 1
-#: limits: members in one archive, bytes of __mconv__.json, bytes of an npy header, a compressed
-#: member's decompressed size (compressed members are the only ones read into memory)
-MAX_MEMBERS = 1_000_000
+#: limits: members in one archive (a tensor each, and __mconv__.json) and the bytes of its central
+#: directory (both checked on the end record before zipfile parses it into an object per entry),
+#: bytes of __mconv__.json, bytes of an npy header, compressed members' decompressed size in all
+#: (compressed members are the only ones read into memory)
+MAX_MEMBERS = MAX_TENSORS + 1
+MAX_CENTRAL_DIRECTORY_BYTES = 64 << 20
 MAX_META_BYTES = 256 << 20
 MAX_NPY_HEADER = 0xFFFF
 MAX_INFLATE_BYTES = 1 << 30
@@ -215,19 +219,47 @@ def _local_data_offset(mm: Any, info: zipfile.ZipInfo, size: int, name: str) -> 
     return start
 
 
+def _check_directory(path: str) -> None:
+    """Refuse, from the end record alone, a central directory too large to hand to zipfile (which
+    builds an object per entry): more than MAX_MEMBERS entries or MAX_CENTRAL_DIRECTORY_BYTES bytes.
+    A missing end record is left for zipfile to report."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(max(0, size - (1 << 16) - 22))
+        tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or at + 22 > len(tail):
+            return
+        entries, cd_size = struct.unpack_from("<HI", tail, at + 10)
+        loc = at - 20
+        if loc >= 0 and tail[loc:loc + 4] == b"PK\x06\x07":   # zip64: the counts are in the zip64 end record
+            (z64,) = struct.unpack_from("<Q", tail, loc + 8)
+            if z64 + 56 <= size:
+                f.seek(z64)
+                rec = f.read(56)
+                if rec[:4] == b"PK\x06\x06":
+                    entries, cd_size = struct.unpack_from("<QQ", rec, 32)
+    if entries > MAX_MEMBERS:
+        raise FormatError(f"{entries} members exceed the limit of {MAX_MEMBERS}")
+    if cd_size > MAX_CENTRAL_DIRECTORY_BYTES:
+        raise FormatError(f"central directory of {cd_size} bytes exceeds the {MAX_CENTRAL_DIRECTORY_BYTES}-byte limit")
+
+
 def _members(path: str, ctx: ReadContext) -> tuple[dict[str, _Member], Optional[bytes]]:
+    _check_directory(path)
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as e:
         raise FormatError(f"not a readable zip archive: {e}")
     with zf:
         infos = zf.infolist()
-        if len(infos) > MAX_MEMBERS:
+        if len(infos) > MAX_MEMBERS:   # more entries than the end record said
             raise FormatError(f"{len(infos)} members exceed the limit of {MAX_MEMBERS}")
-        names = [i.filename for i in infos]
-        dups = sorted({n for n in names if names.count(n) > 1}) if len(set(names)) != len(names) else []
-        if dups:
-            raise FormatError("duplicate member", member=dups[0])
+        seen: set[str] = set()
+        for info in infos:
+            if info.filename in seen:
+                raise FormatError("duplicate member", member=info.filename)
+            seen.add(info.filename)
         # compressed members are inflated into memory: bound their declared sizes in all, before any
         # is read (a member inflating past its declared size is cut there and fails its CRC)
         inflated = sum(i.file_size for i in infos if i.compress_type != zipfile.ZIP_STORED and i.filename.endswith(".npy"))
@@ -460,9 +492,10 @@ class NpzFormat(Format):
         if is_dir or not head.startswith(b"PK\x03\x04"):
             return 0.0
         try:
+            _check_directory(path)   # any zip is sniffed here (a .pth too): bound zipfile's work first
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError):
+        except (zipfile.BadZipFile, OSError, ValueError, FormatError):
             return 0.0
         if META_MEMBER in names:
             return 1.0
