@@ -195,7 +195,11 @@ def tokenizer_from_json(data: Any) -> Tokenizer:
             else:
                 raise FormatError("tokenizer: a token is neither a string nor {\"b64\": ...}")
         n = len(tokens)
-        scores = np.asarray(data.get("scores") or [0.0] * n, dtype=np.float32)
+        wide = np.asarray(data.get("scores") or [0.0] * n, dtype=np.float64)
+        big = np.isfinite(wide) & (np.abs(wide) > np.finfo(np.float32).max)
+        if big.any():   # (inf and nan are kept: mconv writes the float32 scores it read)
+            raise FormatError(f"tokenizer: score {float(wide[big][0])!r} does not fit a float32")
+        scores = wide.astype(np.float32)
         types = np.asarray(data.get("token_types") or [1] * n, dtype=np.int32)
         if scores.shape != (n,) or types.shape != (n,):
             raise FormatError(f"tokenizer: {n} tokens but {scores.size} scores and {types.size} token types")

@@ -290,8 +290,8 @@ def _variant_cases() -> list[Case]:
         cases.append(Case(f"{tag}-duplicate-name", base + rec + ggml_tensor(len(base) + len(rec), "norm.weight", [8],
                                                                             0, f32, variant == "ggjt"),
                           len(base) + len(rec), "duplicate tensor name 'norm.weight'"))
-        cases.append(Case(f"{tag}-zero-dim-huge-shape", base + ggml_tensor(len(base), "w", [0, 1 << 31, 1 << 31, 1 << 31],
-                                                                           0, b"", variant == "ggjt"), len(base),
+        huge = ggml_tensor(len(base), "w", [0, 1 << 31, 1 << 31, 1 << 31], 0, b"", variant == "ggjt")
+        cases.append(Case(f"{tag}-zero-dim-huge-shape", base + huge, len(base),
                           f"tensor 'w': shape [{1 << 31}, {1 << 31}, {1 << 31}, 0] is too large"))
         cases.append(Case(f"{tag}-five-dims", base + struct.pack("<3I", 5, 1, 0), len(base),
                           "tensor header has 5 dimensions (1 to 4 allowed)"))
@@ -354,9 +354,10 @@ def _vocab(n: int) -> list[str]:
     return (["<unk>", "<s>", "</s>"] + normal)[:n]
 
 
-def tiny_gguf(hp: Optional[dict] = None, seed: int = 0) -> bytes:
-    """A complete llama GGUF v3 (hparams, SentencePiece-style vocabulary, one tensor of each of
-    f32/f16/bf16/q4_0/q4_1/q5_0/q5_1/q8_0/q4_K), built field by field."""
+def tiny_gguf(hp: Optional[dict] = None, seed: int = 0, version: int = 3, alignment: int = 32) -> bytes:
+    """A complete llama GGUF (hparams, SentencePiece-style vocabulary, one tensor of each of
+    f32/f16/bf16/q4_0/q4_1/q5_0/q5_1/q8_0/q4_K), built field by field; ``alignment`` other than 32
+    is stored as general.alignment."""
     from mconv.core.arch.llama import expected_shapes
 
     hp = dict(GGUF_TINY if hp is None else hp)
@@ -376,13 +377,15 @@ def tiny_gguf(hp: Optional[dict] = None, seed: int = 0) -> bytes:
             gkv("tokenizer.ggml.token_type", ARRAY, (I32, [2, 3, 3] + [1] * (len(vocab) - 3))),
             gkv("tokenizer.ggml.bos_token_id", U32, 1), gkv("tokenizer.ggml.eos_token_id", U32, 2),
             gkv("tokenizer.ggml.add_bos_token", BOOL, True)]
+    if alignment != 32:
+        kvs.append(gkv("general.alignment", U32, alignment))
     infos, data = [], b""
     for canonical, shape in expected_shapes(hp).items():
         type_id = GGUF_TYPES.get(_kind(canonical), 0) if len(shape) == 2 else 0
         raw = _tensor_bytes(type_id, shape, rng)
         infos.append(ginfo(canonical, list(reversed(shape)), type_id, len(data)))
-        data += raw + b"\0" * (-len(raw) % 32)
-    return gguf_file(kvs, infos, data)
+        data += raw + b"\0" * (-len(raw) % alignment)
+    return gguf_file(kvs, infos, data, version=version, alignment=alignment)
 
 
 #: hparams of the legacy seeds: no GQA in ggml-era llama, n_ff from n_mult 32
@@ -462,7 +465,8 @@ def gguf_int_fields(data: bytes) -> list[tuple[int, int]]:
     return [f for f in fields if f[0] + f[1] <= size]
 
 
-def _walk_value(data: bytes, pos: int, vtype: Optional[int], fields: list[tuple[int, int]], depth: int) -> Optional[int]:
+def _walk_value(data: bytes, pos: int, vtype: Optional[int], fields: list[tuple[int, int]],
+                depth: int) -> Optional[int]:
     sizes = {U8: 1, I8: 1, U16: 2, I16: 2, U32: 4, I32: 4, F32: 4, BOOL: 1, U64: 8, I64: 8, F64: 8}
     if vtype in sizes:
         if vtype not in (F32, F64, BOOL):
@@ -544,7 +548,9 @@ def fuzz_seeds() -> list:
             return path, path
         return build
 
-    seeds = [Seed("gguf", "v3", file("m.gguf", tiny_gguf), gguf_int_fields)]
+    seeds = [Seed("gguf", "v3", file("m.gguf", tiny_gguf), gguf_int_fields),
+             Seed("gguf", "v2-aligned-64", file("m.gguf", lambda: tiny_gguf(seed=1, version=2, alignment=64)),
+                  gguf_int_fields)]
     for variant, version in (("ggml", 0), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3)):
         seeds.append(Seed("ggml", f"{variant}-v{version}",
                           file("m.bin", lambda v=variant, n=version: tiny_ggml(v, n)), ggml_int_fields))

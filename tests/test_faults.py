@@ -281,8 +281,8 @@ def test_output_over_a_layout_input_or_its_sidecar_is_refused(tmp_path: Path, fm
     out = {"dir": src + "/", "parent": str(tmp_path) + "/"}.get(target, os.path.join(src, target))
     to = "llama2c" if target.endswith(".bin") or options else fmt
     before = tree_digest(str(tmp_path))
-    r = cli_subprocess("translate", "--allow-lossy", "--from", fmt, "--to", to, *[o.format(src=src) for o in options], src, out,
-                       *(["--force"] if force else []), env=ENV)
+    r = cli_subprocess("translate", "--allow-lossy", "--from", fmt, "--to", to, *[o.format(src=src) for o in options],
+                       src, out, *(["--force"] if force else []), env=ENV)
     line = _one_error_line(r)
     assert "refusing to overwrite it" in line, line
     assert tree_digest(str(tmp_path)) == before

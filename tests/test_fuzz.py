@@ -37,8 +37,8 @@ def _load_plugins(names: tuple[str, ...], tmp_path, monkeypatch: pytest.MonkeyPa
         monkeypatch.setenv("MCONV_LOAD_PLUGINS", ",".join(names))
     reset_registry()
 
-#: examples per seed in CI, all seeds together kept near CI_TOTAL (an example costs a few ms)
-CI_TOTAL = 10000
+#: examples per seed in CI, all seeds together kept near CI_TOTAL (an example costs about 2 ms)
+CI_TOTAL = 20000
 CI_PER_SEED = max(100, min(1000, CI_TOTAL // max(1, len(ACTIVE))))
 FUZZ_SECONDS = float(os.environ.get("MCONV_FUZZ_SECONDS", "0") or 0)
 
@@ -89,6 +89,18 @@ def test_reader_survives_mutations(seed: Seed, tmp_path, request: pytest.Fixture
         f.write(original)
     say(request, f"fuzz {seed.id}: {sum(outcomes.values())} examples in {time.perf_counter() - start:.1f} s "
                  f"({', '.join(f'{k} {v}' for k, v in sorted(outcomes.items()))})")
+    TOTALS[seed.format] += sum(outcomes.values())
+
+
+#: examples run per format in this session (summed over its seeds)
+TOTALS: collections.Counter[str] = collections.Counter()
+
+
+def test_zz_summary(request: pytest.FixtureRequest) -> None:
+    """One line with the examples per format (runs last: pytest keeps the file's order)."""
+    if TOTALS:
+        say(request, "fuzz examples per format: " + ", ".join(f"{k} {v}" for k, v in sorted(TOTALS.items()))
+            + f"; total {sum(TOTALS.values())}")
 
 
 def test_mutations_apply() -> None:

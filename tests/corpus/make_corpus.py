@@ -532,8 +532,8 @@ def _sidecar_cases(fmt: str, keys: Mapping[str, str]) -> list[Case]:
           commands=("translate",)),
         c("n_layer_zero", with_values(**{keys["n_layer"]: 0}), f"hparam n_layer = 0 from {fmt} ({keys['n_layer']}) is out of range"),
         # a table of 2^31 blocks' shapes would take minutes and gigabytes: the check stops at the first gap
-        c("n_layer_2_31_minus_1", with_values(**{keys["n_layer"]: 2**31 - 1}), "tensor blk.1.attn_norm.weight is missing",
-          commands=("translate",)),
+        c("n_layer_2_31_minus_1", with_values(**{keys["n_layer"]: 2**31 - 1}),
+          "tensor blk.1.attn_norm.weight is missing", commands=("translate",)),
         c("vocab_1e30", with_values(**{keys["n_vocab"]: 10**30}), f"hparam n_vocab = {10**30} from {fmt}"),
         c("vocab_negative", with_values(**{keys["n_vocab"]: -5}), f"hparam n_vocab = -5 from {fmt} ({keys['n_vocab']}) is out of range"),
         c("ctx_zero", with_values(**{keys["n_ctx"]: 0}), f"hparam n_ctx = 0 from {fmt} ({keys['n_ctx']}) is out of range"),

@@ -249,7 +249,8 @@ def _members(path: str, ctx: ReadContext) -> tuple[dict[str, _Member], Optional[
     _check_directory(path)
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError) as e:
+        # NotImplementedError: an entry needing a zip version or feature zipfile lacks
         raise FormatError(f"not a readable zip archive: {e}")
     with zf:
         infos = zf.infolist()
@@ -262,7 +263,8 @@ def _members(path: str, ctx: ReadContext) -> tuple[dict[str, _Member], Optional[
             seen.add(info.filename)
         # compressed members are inflated into memory: bound their declared sizes in all, before any
         # is read (a member inflating past its declared size is cut there and fails its CRC)
-        inflated = sum(i.file_size for i in infos if i.compress_type != zipfile.ZIP_STORED and i.filename.endswith(".npy"))
+        inflated = sum(i.file_size for i in infos
+                       if i.compress_type != zipfile.ZIP_STORED and i.filename.endswith(".npy"))
         if inflated > MAX_INFLATE_BYTES:
             raise FormatError(f"compressed members declare {inflated} bytes in all; the limit is {MAX_INFLATE_BYTES}")
         mapped = ctx.cache.get(path)
@@ -495,7 +497,7 @@ class NpzFormat(Format):
             _check_directory(path)   # any zip is sniffed here (a .pth too): bound zipfile's work first
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError, FormatError):
+        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, FormatError):
             return 0.0
         if META_MEMBER in names:
             return 1.0
