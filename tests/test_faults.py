@@ -42,8 +42,9 @@ LAYOUTS = tuple(OUTPUTS)
 
 
 def _setup(tmp_path: Path, layout: str, existing: bool) -> tuple[str, str, list[str]]:
-    """(input, OUT, translate args); with ``existing`` an older output (of another model: no
-    tokenizer) is already at OUT and its sidecars."""
+    """(input, OUT, translate args); with ``existing`` an older output (of a model with other
+    weights) is already at OUT and its sidecars."""
+    from corpus.builders import hf_tensors, mconv_metadata, pack_safetensors, st_header, write_bytes
     from testlib import cli
 
     src = valid_file(str(tmp_path / "in"))
@@ -53,7 +54,8 @@ def _setup(tmp_path: Path, layout: str, existing: bool) -> tuple[str, str, list[
     out = str(out_dir / name)
     target = out + "/" if directory else out
     if existing:
-        old = valid_file(str(tmp_path / "old"), tokenizer=False)
+        old = write_bytes(str(tmp_path / "old" / "model.safetensors"),
+                          pack_safetensors(*st_header(hf_tensors(seed=1), mconv_metadata())))
         r = cli("translate", *options, old, target)
         assert r.rc == 0, r
     return src, out, ["translate", *options, src, target] + (["--force"] if existing else [])
