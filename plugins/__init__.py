@@ -53,13 +53,6 @@ from mconv.core.format import (
 from mconv.core.hookspecs import hookimpl
 from mconv.core.hparams import infer_from_shapes, load_json_sidecar, resolve, sidecar_hparams
 from mconv.core.io import fsync_path, write_padding, write_tensor
-from mconv.core.limits import (
-    MAX_TENSORS,
-    MAX_TOKENS,
-    check_shape,
-    check_tensor_count,
-    check_token_count,
-)
 from mconv.core.ir import (
     CHUNK_BYTES,
     Derived,
@@ -89,6 +82,13 @@ from mconv.core.ir import (
     TOKEN_UNKNOWN,
     TOKEN_UNUSED,
     TOKEN_USER_DEFINED,
+)
+from mconv.core.limits import (
+    MAX_TENSORS,
+    MAX_TOKENS,
+    check_shape,
+    check_tensor_count,
+    check_token_count,
 )
 from mconv.core.names import NameTable, rope_permute_order, rope_unpermute_order, table
 from mconv.core.plan import CONSENTED, LOSSY, WARNING, Loss

@@ -1,9 +1,12 @@
-"""The malformed-input corpus (tests/corpus/make_corpus.py) through the real command line.
+"""The malformed-input corpus (tests/corpus/make_corpus.py and every tests/hostile_*.py) through the
+real command line.
 
 Every case runs ``mconv translate CASE OUT.safetensors`` and ``mconv inspect CASE`` in children
 limited to 1 GiB of address space and 20 s per run, and must end with exactly one
-``mconv: error: ...`` line naming the expected fault, exit code 2, no traceback, no output or
-temporary file, and the case's files untouched.  A summary line gives the per-format counts.
+``mconv: error: ...`` line naming the expected fault (the exact line, for the cases of the formats'
+hostile modules), exit code 2, no traceback, no output or temporary file, and the case's files
+untouched.  Cases of a plugin format (npz) load it in their child.  A summary line gives the
+per-format counts.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import os
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,7 +30,7 @@ READABLE = sorted(name for name, e in get_registry().formats.items() if e.format
 ACTIVE = [s for s in SEEDS if s.format in READABLE or (s.plugins and set(s.plugins) <= set(PLUGINS))]
 
 
-def _load_plugins(names: tuple[str, ...], tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def _load_plugins(names: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make this repository's plugins ``names`` load (no pip: a dist-info folder on sys.path)."""
     if names:
         for path in fake_site(str(tmp_path / "plugin-site"), names):
@@ -43,7 +44,7 @@ CI_PER_SEED = max(100, min(1000, CI_TOTAL // max(1, len(ACTIVE))))
 FUZZ_SECONDS = float(os.environ.get("MCONV_FUZZ_SECONDS", "0") or 0)
 
 
-def test_every_readable_format_has_a_seed(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_every_readable_format_has_a_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _load_plugins(tuple(PLUGINS), tmp_path, monkeypatch)
     readable = sorted(name for name, e in get_registry().formats.items() if e.format.can_read)
     assert set(READABLE) < set(readable), "the repository's plugins add formats"

@@ -4,6 +4,7 @@ files in the corpus, tests/hostile_*.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,14 +44,14 @@ def _inspect(path: str, *args: str) -> str:
     return r.err.strip()
 
 
-def test_gguf_tensor_count(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_gguf_tensor_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "MAX_TENSORS", 5)
     path = tmp_path / "m.gguf"
     path.write_bytes(G.tiny_gguf())
     assert _inspect(str(path)) == f"mconv: error: {path}: offset 8: 12 tensors exceed mconv's limit of 5 per file"
 
 
-def test_ggml_tensor_and_token_counts(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_ggml_tensor_and_token_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "m.bin"
     path.write_bytes(G.tiny_ggml("ggjt", 3))
     monkeypatch.setattr(limits, "MAX_TENSORS", 5)
@@ -61,7 +62,7 @@ def test_ggml_tensor_and_token_counts(tmp_path, monkeypatch: pytest.MonkeyPatch)
                                                     "limit of 31 per vocabulary"
 
 
-def test_llama2c_tensor_and_token_counts(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_llama2c_tensor_and_token_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "model.bin").write_bytes(L.v0_file())
     (tmp_path / "tokenizer.bin").write_bytes(L.tokenizer_bytes(L.GOOD_TOKENS))
     monkeypatch.setattr(limits, "MAX_TOKENS", 3)
@@ -72,14 +73,14 @@ def test_llama2c_tensor_and_token_counts(tmp_path, monkeypatch: pytest.MonkeyPat
                                       "mconv's limit of 11 per file"
 
 
-def test_pth_tensor_count(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_pth_tensor_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "ckpt.pth"
     path.write_bytes(P.checkpoint_zip())
     monkeypatch.setattr(limits, "MAX_TENSORS", 11)
     assert _inspect(str(path)) == f"mconv: error: {path}: 12 tensors exceed mconv's limit of 11 per file"
 
 
-def test_gguf_token_array(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_gguf_token_array(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mconv.formats import _gguf_values
 
     monkeypatch.setattr(_gguf_values, "MAX_STRING_ARRAY", 31)
