@@ -66,7 +66,10 @@ class MappedFile:
             if self._map is None:
                 if self.size == 0:
                     return b""
-                self._map = mmap.mmap(self._open(), 0, access=mmap.ACCESS_READ)
+                try:
+                    self._map = mmap.mmap(self._open(), 0, access=mmap.ACCESS_READ)
+                except OSError as e:  # e.g. ENOMEM under an address-space limit: name the file
+                    raise OSError(e.errno, f"cannot map the file: {e.strerror}", self.path) from None
             return self._map
 
     def _open(self) -> int:

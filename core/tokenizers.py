@@ -12,12 +12,13 @@ import numpy as np
 
 from .errors import FormatError
 from .ir import Tokenizer
+from .limits import MAX_TOKENS
 
 #: a tokenizer.model larger than this is refused (Llama 2's is 500 KB, Gemma's 4 MB)
 MAX_SP_MODEL_BYTES = 64 << 20
 #: pieces a tokenizer.model may hold (Gemma has 262144): counted on the wire before parsing, since
 #: 64 MiB of empty pieces would take gigabytes once parsed
-MAX_SP_PIECES = 1 << 20
+MAX_SP_PIECES = MAX_TOKENS
 
 
 def read_sentencepiece_file(path: str) -> Tokenizer:
@@ -194,7 +195,11 @@ def tokenizer_from_json(data: Any) -> Tokenizer:
             else:
                 raise FormatError("tokenizer: a token is neither a string nor {\"b64\": ...}")
         n = len(tokens)
-        scores = np.asarray(data.get("scores") or [0.0] * n, dtype=np.float32)
+        wide = np.asarray(data.get("scores") or [0.0] * n, dtype=np.float64)
+        big = np.isfinite(wide) & (np.abs(wide) > np.finfo(np.float32).max)
+        if big.any():   # (inf and nan are kept: mconv writes the float32 scores it read)
+            raise FormatError(f"tokenizer: score {float(wide[big][0])!r} does not fit a float32")
+        scores = wide.astype(np.float32)
         types = np.asarray(data.get("token_types") or [1] * n, dtype=np.int32)
         if scores.shape != (n,) or types.shape != (n,):
             raise FormatError(f"tokenizer: {n} tokens but {scores.size} scores and {types.size} token types")

@@ -16,16 +16,17 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from mconv.plugins import UnsupportedError
+from mconv.plugins import MAX_TOKENS, UnsupportedError
 
 from ._binary import Cursor
 
 #: gguf.cpp's limits for one string and one array, also checked against the bytes left
 MAX_STRING = 1 << 30
 MAX_ARRAY = 1 << 30
-#: mconv's own cap on the elements of one string array (each becomes a Python object); real
-#: vocabularies have at most a few hundred thousand tokens and about a million merges
-MAX_STRING_ARRAY = 1 << 24
+#: mconv's own cap on the elements of one string array (each becomes a Python object of about 60
+#: bytes: 2^24 two-byte strings, a 168 MB file, would take over a GiB); real vocabularies have at
+#: most a few hundred thousand tokens and merges
+MAX_STRING_ARRAY = MAX_TOKENS
 #: arrays inside arrays (gguf-py can write them; the C reader rejects them)
 MAX_NESTING = 4
 # gguf_type value types

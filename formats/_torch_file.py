@@ -35,6 +35,7 @@ from mconv.plugins import (
     StridedView,
     Tensor,
     UnsupportedError,
+    check_shape,
     get_dtype,
     numel,
 )
@@ -348,6 +349,10 @@ class TensorFactory:
         dt = get_dtype(t.dtype)
         isz = dt.type_size
         shape = t.shape
+        try:
+            check_shape(shape, dt)   # e.g. [0, 2**62, 2**62]: no element, yet no array of its rows exists
+        except FormatError as e:
+            raise e.at(path=self.loaded.path, tensor=name)
         rows = 1
         for d in shape[:-1]:
             rows *= d

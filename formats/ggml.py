@@ -46,6 +46,9 @@ from mconv.plugins import (
     Tokenizer,
     UnsupportedError,
     WriteContext,
+    check_shape,
+    check_tensor_count,
+    check_token_count,
     hookimpl,
     resolve,
     table,
@@ -186,6 +189,10 @@ def _read_vocab(cur: Cursor, n_vocab: int, with_scores: bool, hp_at: int) -> Tok
     if n_vocab * entry_min > cur.left:
         raise cur.error(f"n_vocab {n_vocab} needs at least {n_vocab * entry_min} bytes of vocabulary but only "
                         f"{cur.left} are left in the file", hp_at)
+    try:
+        check_token_count(n_vocab)
+    except FormatError as e:
+        raise e.at(path=cur.path, offset=hp_at)
     tokens, scores, kinds = [], np.zeros(n_vocab, np.float32), np.zeros(n_vocab, np.int32)
     for i in range(n_vocab):
         at = cur.pos
@@ -237,6 +244,11 @@ def _read_tensors(cur: Cursor, mapped: Any, variant: str, version: int) -> list[
             raise cur.error(f"tensor {name!r} has rows of {ne[0]} elements, not a multiple of the {dt.name} block "
                             f"size {dt.block_size}", at)
         shape = tuple(int(d) for d in reversed(ne))
+        try:
+            check_shape(shape, dt)
+            check_tensor_count(len(out) + 1)
+        except FormatError as e:
+            raise cur.error(f"tensor {name!r}: {e.message}", at)
         if variant == "ggjt":
             cur.pos = min(pad_to(cur.pos, ALIGNMENT), cur.size)
         rows = 1

@@ -43,6 +43,8 @@ from mconv.plugins import (
     UnsupportedError,
     WriteContext,
     WriterOption,
+    check_shape,
+    check_tensor_count,
     hookimpl,
     resolve,
     table,
@@ -163,6 +165,10 @@ def read_header(path: str, buf: Any, size: int) -> Header:
         if count * minimum > left:
             raise cur.error(f"{what} {count} needs at least {count * minimum} bytes but only {left} are left "
                             "in the file", at)
+    try:
+        check_tensor_count(n_tensors)
+    except FormatError as e:
+        raise e.at(path=path, offset=8)
 
     kv: dict[str, Any] = {}
     types: dict[str, int] = {}
@@ -235,6 +241,10 @@ def read_header(path: str, buf: Any, size: int) -> Header:
         if cols % dt.block_size:
             raise cur.error(f"tensor {name!r} has rows of {cols} elements, not a multiple of the {dt.name} block "
                             f"size {dt.block_size}", type_at)
+        try:
+            check_shape(tuple(int(d) for d in reversed(ne)), dt)
+        except FormatError as e:
+            raise cur.error(f"tensor {name!r}: {e.message}", dims_at)
         offset = cur.u64(f"offset of {name!r}")
         infos.append(TensorInfo(name, tuple(int(d) for d in ne), type_id, offset, at))
 

@@ -63,6 +63,8 @@ from mconv.plugins import (
     UsageError,
     WriteContext,
     WriterOption,
+    check_tensor_count,
+    check_token_count,
     get_dtype,
     hookimpl,
     resolve,
@@ -247,6 +249,10 @@ def parse_header(head: bytes, size: int, path: Optional[str] = None) -> Header:
     expected = header.expected_size()
     if expected != size:
         raise FormatError(f"llama2.c v{version} header implies {expected} bytes, file has {size}", path=path)
+    try:   # a file of the right size may still be a hole: 9 tensors per layer + embedding, norm, classifier
+        check_tensor_count(9 * header.n_layers + 3)
+    except FormatError as e:
+        raise e.at(path=path, offset=base + 8)
     return header
 
 
@@ -459,6 +465,10 @@ def read_tokenizer_bin(path: str, n_vocab: int, mapped: Optional[MappedFile] = N
     tokenizer and the offset where its entries end."""
     mapped = mapped or MappedFile(path)
     size = mapped.size
+    try:
+        check_token_count(n_vocab)   # before building n_vocab Python objects from a sparse file
+    except FormatError as e:
+        raise e.at(path=path)
     if size < 4:
         raise FormatError(f"file of {size} bytes is too short for the 4-byte max_token_length", path=path)
     buf = mapped.buffer

@@ -61,6 +61,7 @@ from mconv.plugins import (
     UsageError,
     WriteContext,
     WriterOption,
+    check_tensor_count,
     concat,
     hookimpl,
     merge_shards,
@@ -158,6 +159,10 @@ def _read_part(path: str, ctx: ReadContext) -> _Part:
         if name in tensors:
             raise FormatError("two tensors have this name", path=path, tensor=name)
         tensors[name] = factory.tensor(name, leaf)
+        try:
+            check_tensor_count(len(tensors))
+        except FormatError as e:
+            raise e.at(path=path)
         first = owner.setdefault(id(leaf.storage), name)
         if first != name:
             notes.append(f"{name} shares its storage with {first}")

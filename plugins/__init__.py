@@ -91,6 +91,11 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "TOKEN_UNKNOWN": ("mconv.core.ir", "TOKEN_UNKNOWN"),
     "TOKEN_UNUSED": ("mconv.core.ir", "TOKEN_UNUSED"),
     "TOKEN_USER_DEFINED": ("mconv.core.ir", "TOKEN_USER_DEFINED"),
+    "MAX_TENSORS": ("mconv.core.limits", "MAX_TENSORS"),
+    "MAX_TOKENS": ("mconv.core.limits", "MAX_TOKENS"),
+    "check_shape": ("mconv.core.limits", "check_shape"),
+    "check_tensor_count": ("mconv.core.limits", "check_tensor_count"),
+    "check_token_count": ("mconv.core.limits", "check_token_count"),
     "NameTable": ("mconv.core.names", "NameTable"),
     "rope_permute_order": ("mconv.core.names", "rope_permute_order"),
     "rope_unpermute_order": ("mconv.core.names", "rope_unpermute_order"),
@@ -198,6 +203,7 @@ if TYPE_CHECKING:  # type checkers see the plain imports
         TOKEN_UNUSED,
         TOKEN_USER_DEFINED,
     )
+    from mconv.core.limits import MAX_TENSORS, MAX_TOKENS, check_shape, check_tensor_count, check_token_count
     from mconv.core.names import NameTable, rope_permute_order, rope_unpermute_order, table
     from mconv.core.plan import CONSENTED, LOSSY, WARNING, Loss
     from mconv.core.quant.policy import file_type as llama_file_type

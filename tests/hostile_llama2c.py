@@ -162,3 +162,157 @@ def tokenizer_cases() -> list[Case]:
 
 def all_cases() -> list[Case]:
     return model_cases() + tokenizer_cases()
+
+
+# ==================================================================================================
+# small valid inputs (the fuzz seeds), more cases, and the corpus / fuzz hooks
+# ==================================================================================================
+
+def _floats(n_bytes: int, seed: int = 1) -> bytes:
+    return np.random.default_rng(seed).standard_normal(n_bytes // 4).astype("<f4").tobytes()
+
+
+def v1_file(cfg: tuple[int, ...] = TINY) -> bytes:
+    return v12_header(1, cfg) + _floats(v1_size(cfg) - HEADER)
+
+
+def v2_file(cfg: tuple[int, ...] = TINY, group_size: int = 8) -> bytes:
+    """A v2 file: float32 norms, then per matrix its int8 values and float32 scales (random bytes
+    for the values, scales near 0.01 so every value is finite)."""
+    body = bytearray(np.random.default_rng(2).integers(-127, 128, v2_size(cfg, group_size) - HEADER,
+                                                       dtype=np.int8).tobytes())
+    d, h, L, nh, nkv, v, s = cfg
+    norms = 4 * (2 * L * d + d)
+    body[:norms] = _floats(norms)
+    kvd = d * nkv // nh
+    pos = norms
+    for numel in [v * d] + [d * d] * L + [kvd * d] * L * 2 + [d * d] * L + [h * d] * L * 3:
+        pos += numel
+        scales = np.full(numel // group_size, 0.01, "<f4").tobytes()
+        body[pos:pos + len(scales)] = scales
+        pos += len(scales)
+    return v12_header(2, cfg, group_size=group_size) + bytes(body)
+
+
+HEADER = 256
+
+
+def header_int_fields(data: bytes) -> list[tuple[int, int]]:
+    """The header integers: v0's 7 int32, or v1/v2's magic, version, 7 int32, flag byte and group size."""
+    if data[:4] == MAGIC:
+        return [(0, 4), (4, 4)] + [(8 + 4 * i, 4) for i in range(7)] + [(36, 1), (37, 4)]
+    return [(4 * i, 4) for i in range(7)]
+
+
+def tokenizer_int_fields(data: bytes) -> list[tuple[int, int]]:
+    """max_token_length and every entry's score and length, as far as the lengths lead."""
+    fields = [(0, 4)]
+    pos = 4
+    while pos + 8 <= len(data) and len(fields) < 4096:
+        fields += [(pos, 4), (pos + 4, 4)]
+        pos += 8 + struct.unpack_from("<I", data, pos + 4)[0]
+    return fields
+
+
+def _dir(files: dict[str, bytes]) -> "Callable[[str], str]":
+    import os
+
+    def build(d: str) -> str:
+        root = os.path.join(d, "m")
+        os.makedirs(root)
+        for name, blob in files.items():
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(blob)
+        return root
+    return build
+
+
+def _sparse(cfg: tuple[int, ...], tokenizer: int = 0) -> "Callable[[str], str]":
+    """A v0 model.bin of ``cfg`` whose body is a hole (sparse: its size costs no disk) and, if
+    ``tokenizer``, a tokenizer.bin of that many empty tokens, a hole too."""
+    import os
+
+    def build(d: str) -> str:
+        root = os.path.join(d, "m")
+        os.makedirs(root)
+        with open(os.path.join(root, "model.bin"), "wb") as f:
+            f.write(struct.pack("<7i", *cfg))
+            f.truncate(v0_size(cfg))
+        if tokenizer:
+            with open(os.path.join(root, "tokenizer.bin"), "wb") as f:
+                f.truncate(4 + 8 * tokenizer)
+        return root
+    return build
+
+
+def extra_cases() -> list[Case]:
+    """v1/v2 faults not covered above, and tokenizer.bin sizes."""
+    full = tokenizer_bytes(GOOD_TOKENS)
+    model = {"model.bin": v0_file()}
+    return [
+        Case("v2_truncated", {"m.bin": v2_file()[:-3]}, "m.bin", "m.bin", None,
+             f"llama2.c v2 header implies {v2_size(TINY, 8)} bytes, file has {v2_size(TINY, 8) - 3}"),
+        Case("v2_trailing", {"m.bin": v2_file() + b"\0"}, "m.bin", "m.bin", None,
+             f"llama2.c v2 header implies {v2_size(TINY, 8)} bytes, file has {v2_size(TINY, 8) + 1}"),
+        Case("v1_zero_heads", {"m.bin": v12_header(1, (8, 16, 1, 0, 1, 4, 4))}, "m.bin", "m.bin", 20,
+             "n_heads 0 must be positive"),
+        Case("v1_trailing", {"m.bin": v1_file() + b"\0" * 4}, "m.bin", "m.bin", None,
+             f"llama2.c v1 header implies {v1_size(TINY)} bytes, file has {v1_size(TINY) + 4}"),
+        Case("tok_length_over_int32", {**model, "tokenizer.bin": full[:4 + 8 + 5] + struct.pack("<fI", 0.0, 1 << 31)},
+             "", "tokenizer.bin", 4 + 8 + 5 + 4,
+             f"token 1: length {1 << 31} runs past the end of the file ({4 + 8 + 5 + 8} bytes)"),
+        Case("tok_short_max_length", {**model, "tokenizer.bin": b"\x05\x00"}, "", "tokenizer.bin", None,
+             "file of 2 bytes is too short for the 4-byte max_token_length"),
+    ]
+
+
+def fuzz_seeds() -> list:
+    from corpus.seeds import Seed
+
+    def in_dir(files: dict[str, bytes], target: str) -> "Callable[[str], tuple[str, str]]":
+        import os
+
+        def build(d: str) -> tuple[str, str]:
+            root = _dir(files)(d)
+            return root, os.path.join(root, target)
+        return build
+
+    tok = tokenizer_bytes(GOOD_TOKENS + [b"<0x0A>"])
+    return [
+        Seed("llama2c", "v0", in_dir({"model.bin": v0_file(), "tokenizer.bin": tok}, "model.bin"),
+             header_int_fields),
+        Seed("llama2c", "v0-unshared", in_dir({"model.bin": v0_file((*TINY[:5], -TINY[5], TINY[6]))}, "model.bin"),
+             header_int_fields),
+        Seed("llama2c", "v1", in_dir({"model.bin": v1_file(), "tokenizer.bin": tok}, "model.bin"), header_int_fields),
+        Seed("llama2c", "v2", in_dir({"model.bin": v2_file()}, "model.bin"), header_int_fields),
+        Seed("llama2c", "tokenizer.bin", in_dir({"model.bin": v0_file(), "tokenizer.bin": tok}, "tokenizer.bin"),
+             tokenizer_int_fields),
+    ]
+
+
+def corpus_cases() -> list:
+    """Every case (model files and tokenizer.bin counted apart), read with --from llama2c, with its
+    exact message."""
+    import os
+
+    from corpus.make_corpus import Case as CorpusCase
+
+    def build(case: Case) -> "Callable[[str], tuple[str, str]]":
+        def b(d: str) -> tuple[str, str]:
+            root = _dir(case.files)(d)
+            return (os.path.join(root, case.target) if case.target else root), case.expected(root)
+        return b
+
+    cases = [CorpusCase("tokenizer.bin" if c.name.startswith("tok_") else "llama2c", c.name, build(c), c.message,
+                        read_args=("--from", "llama2c")) for c in all_cases() + extra_cases()]
+    # sizes a file can claim cheaply (holes) but that would cost a Python object per token or tensor
+    from mconv.core.limits import MAX_TENSORS, MAX_TOKENS
+
+    n_vocab, n_layers = MAX_TOKENS + 1, (MAX_TENSORS - 3) // 9 + 1
+    cases.append(CorpusCase("tokenizer.bin", "tok_vocab_over_limit", _sparse((2, 2, 1, 1, 1, n_vocab, 1), n_vocab),
+                            f"tokenizer.bin: {n_vocab} tokens exceed mconv's limit of {MAX_TOKENS} per vocabulary",
+                            read_args=("--from", "llama2c")))
+    cases.append(CorpusCase("llama2c", "v0_layers_over_limit", _sparse((2, 2, n_layers, 1, 1, 4, 1)),
+                            f"model.bin: offset 8: {9 * n_layers + 3} tensors exceed mconv's limit of {MAX_TENSORS} "
+                            "per file", read_args=("--from", "llama2c")))
+    return cases

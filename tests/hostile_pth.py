@@ -351,6 +351,8 @@ CASES: list[Case] = [
     _state("huge_view", lambda m: [("x", tensor_expr(size=(1 << 40, 1 << 40), stride=(1, 1)))], last_of_x,
            "torch._utils._rebuild_tensor_v2: view reaches element 2199023255550 of a storage of 4 elements",
            heavy=True),
+    _state("empty_but_huge_shape", lambda m: [("x", tensor_expr(size=(0, 1 << 62, 1 << 62), stride=(1, 1, 1)))], None,
+           f"tensor 'x': shape [0, {1 << 62}, {1 << 62}] is too large"),
     _state("size_lie", lambda m: [("x", _V2 + op.MARK + pid(numel=1000))], last_of_x,
            "storage '0' declares 1000 f32 elements (4000 bytes) but its record holds 16 bytes"),
     _state("huge_numel", lambda m: [("x", _V2 + op.MARK + pid(numel=1 << 62))], last_of_x,
@@ -513,3 +515,373 @@ CASES += [
 
 def case(name: str) -> Case:
     return next(c for c in CASES if c.name == name)
+
+
+# ==================================================================================================
+# more legacy containers
+# ==================================================================================================
+
+def _legacy_parts(obj: bytes, keys: Sequence[str]) -> list[bytes]:
+    """The five pickles of a legacy file, separately (see :func:`legacy_file`)."""
+    whole = legacy_file(obj, keys, [])
+    magic = op.PROTO2 + b"\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little") + op.STOP
+    proto = op.PROTO2 + b"M" + struct.pack("<H", 1001) + op.STOP
+    rest = whole[len(magic) + len(proto):]
+    sys_info = rest[: rest.index(op.STOP) + 1]
+    key_list = whole[len(magic) + len(proto) + len(sys_info) + len(obj):]
+    return [magic, proto, sys_info, obj, key_list]
+
+
+def _legacy_edit(part: int, new: bytes, message: Callable[[list[bytes]], str],
+                 obj: Optional[bytes] = None) -> Callable[[], tuple[bytes, str]]:
+    """A valid one-tensor legacy file with pickle number ``part`` replaced by ``new``."""
+    def data() -> tuple[bytes, str]:
+        o = obj if obj is not None else _valid_pickle(tensor_expr(key="1", legacy=True))
+        parts = _legacy_parts(o, ["1"])
+        parts[part] = new
+        return b"".join(parts) + struct.pack("<q", 4) + F4, message(parts)
+    return data
+
+
+def _offset(parts: list[bytes], index: int, inner: int = 0) -> int:
+    return sum(len(p) for p in parts[:index]) + inner
+
+
+def _legacy_code() -> tuple[bytes, str]:
+    obj = state_dict_pickle([("x", _call("os", "system", "/nonexistent/MARKER")),
+                             ("w", tensor_expr(key="1", legacy=True))])
+    parts = _legacy_parts(obj, ["1"])
+    return (legacy_file(obj, ["1"], [(4, F4)]),
+            f"offset {_offset(parts, 3, offset_of([('x', b'')], 'x'))}: global 'os.system' is not allowed")
+
+
+def _legacy_truncated_data() -> tuple[bytes, str]:
+    blob, at = _legacy(4, ["1"], [(4, F4[:10])])
+    return blob, f"offset {at}: storage '1' declares 16 bytes but only 10 remain in the file"
+
+
+CASES += [
+    _container("legacy_code_execution", _legacy_code),
+    _container("legacy_truncated_storage", _legacy_truncated_data),
+    _container("legacy_wrong_protocol",
+               _legacy_edit(1, op.PROTO2 + b"M" + struct.pack("<H", 1000) + op.STOP,
+                            lambda p: f"offset {_offset(p, 1)}: legacy protocol version is 1000, not 1001")),
+    _container("legacy_protocol_not_int",
+               _legacy_edit(1, op.PROTO2 + op.str("1001") + op.STOP,
+                            lambda p: f"offset {_offset(p, 1)}: legacy protocol version is a str, not 1001")),
+    _container("legacy_sys_info_not_dict",
+               _legacy_edit(2, op.PROTO2 + op.EMPTY_LIST + op.STOP,
+                            lambda p: f"offset {_offset(p, 2)}: legacy sys_info is not a dict")),
+    _container("legacy_big_endian",
+               _legacy_edit(2, op.PROTO2 + op.EMPTY_DICT + op.str("little_endian") + op.FALSE + op.SETITEM + op.STOP,
+                            lambda p: f"offset {_offset(p, 2)}: big-endian checkpoints are not supported")),
+    _container("legacy_key_list_not_strings",
+               _legacy_edit(4, op.PROTO2 + op.EMPTY_LIST + op.int(1) + op.APPEND + op.STOP,
+                            lambda p: f"offset {_offset(p, 4)}: legacy storage key list is not a list of strings")),
+    _container("legacy_key_twice",
+               _legacy_edit(4, op.PROTO2 + op.EMPTY_LIST + op.MARK + op.str("1") + op.str("1") + op.APPENDS + op.STOP,
+                            lambda p: f"offset {_offset(p, 4)}: legacy storage key list names a storage twice")),
+    _container("legacy_key_unused",
+               _legacy_edit(4, op.PROTO2 + op.EMPTY_LIST + op.MARK + op.str("1") + op.str("2") + op.APPENDS + op.STOP,
+                            lambda p: f"offset {_offset(p, 4)}: legacy storage key '2' is not used by the pickle")),
+    _container("legacy_truncated_pickle", lambda: (_legacy(4, ["1"], [])[0][:60],
+                                                   "offset 54: BINUNICODE of 13 bytes runs past the end of the "
+                                                   "pickle")),
+]
+
+
+# ==================================================================================================
+# a small valid model (the fuzz seeds' starting point), and the corpus / fuzz hooks
+# ==================================================================================================
+
+#: a llama small enough to fuzz quickly: head size 4, GQA 4:2, one block (as corpus.builders.TINY)
+TINY = dict(n_vocab=32, n_embd=16, n_layer=1, n_head=4, n_head_kv=2, n_ff=24, n_ctx=64, norm_eps=1e-5,
+            rope_theta=10000.0)
+#: storage class -> (numpy dtype of the values, element size)
+_STORAGE_NP = {"FloatStorage": "<f4", "HalfStorage": "<f2", "BFloat16Storage": "<u2"}
+
+
+def _contiguous(shape: Sequence[int]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for d in reversed(shape):
+        strides.append(acc)
+        acc *= d
+    return tuple(reversed(strides))
+
+
+@dataclass(frozen=True)
+class Storage:
+    key: str
+    kind: str       # FloatStorage, HalfStorage, BFloat16Storage
+    data: bytes
+
+    @property
+    def numel(self) -> int:
+        return len(self.data) // (4 if self.kind == "FloatStorage" else 2)
+
+
+def model_state(hp: Optional[dict] = None, *, legacy: bool = False, names: str = "meta",
+                seed: int = 0) -> tuple[bytes, list[Storage]]:
+    """(pickle of ``{name: tensor}``, storages in key order) for every tensor of ``hp``: f32, f16 and
+    bf16 storages; attn_q and attn_k views into one shared storage (k at an offset), attn_output a
+    transposed (column-major) view; the rest contiguous."""
+    import numpy as np
+
+    from mconv.core.arch.llama import expected_shapes
+    from mconv.core.names import table
+
+    hp = dict(TINY if hp is None else hp)
+    rng = np.random.default_rng(seed)
+    naming = table("llama")
+    views: list[tuple[str, str, int, tuple[int, ...], tuple[int, ...]]] = []   # name, key, offset, size, stride
+    storages: dict[str, Storage] = {}
+    for i, (canonical, shape) in enumerate(expected_shapes(hp).items()):
+        name = naming.from_canonical(canonical, names) or canonical
+        kind = ("HalfStorage" if canonical.endswith("ffn_up.weight") else
+                "BFloat16Storage" if canonical.endswith("ffn_gate.weight") else "FloatStorage")
+        values = rng.standard_normal(shape).astype("<f4")
+        stride = _contiguous(shape)
+        if canonical.endswith("attn_output.weight"):
+            values, stride = values.T.copy(), (1, shape[0])  # stored transposed, walked column by column
+        raw = ((values.view("<u4") >> 16).astype("<u2").tobytes() if kind == "BFloat16Storage" else
+               values.astype(_STORAGE_NP[kind]).tobytes())
+        key = canonical.rsplit(".", 2)[0] + ".qk" if canonical.endswith(("attn_q.weight", "attn_k.weight")) else str(i)
+        prev = storages.get(key, Storage(key, kind, b""))
+        views.append((name, key, prev.numel, tuple(shape), stride))
+        storages[key] = Storage(key, kind, prev.data + raw)
+    exprs = [(name, tensor_expr(key, storages[key].kind, storages[key].numel, offset, size, stride, legacy=legacy))
+             for name, key, offset, size, stride in views]
+    return state_dict_pickle(exprs), list(storages.values())
+
+
+def model_args(hp: Optional[dict] = None) -> bytes:
+    """llama2.c train.py's ``model_args`` dict for ``hp`` (Meta key names), as pickle opcodes."""
+    hp = dict(TINY if hp is None else hp)
+    items = [("dim", hp["n_embd"]), ("n_layers", hp["n_layer"]), ("n_heads", hp["n_head"]),
+             ("n_kv_heads", hp["n_head_kv"]), ("vocab_size", hp["n_vocab"]), ("hidden_dim", hp["n_ff"]),
+             ("multiple_of", 8), ("max_seq_len", hp["n_ctx"])]
+    body = b"".join(op.str(k) + op.int(v) for k, v in items)
+    body += op.str("norm_eps") + b"G" + struct.pack(">d", hp["norm_eps"]) + op.str("dropout") + b"G" + bytes(8)
+    return op.EMPTY_DICT + op.MARK + body + op.SETITEMS
+
+
+def checkpoint_zip(hp: Optional[dict] = None) -> bytes:
+    """A llama2.c-style training checkpoint: ``{'model': state_dict, 'model_args': {...}, 'iter_num': 7}``
+    in a torch zip (self-contained: the hparams are in the file)."""
+    state, storages = model_state(hp)
+    inner = state[len(op.PROTO2):-1]   # the state_dict expression without PROTO and STOP
+    pkl = op.PROTO2 + op.EMPTY_DICT + op.MARK + op.str("model") + inner + op.str("model_args") + model_args(hp) + \
+        op.str("iter_num") + op.int(7) + op.SETITEMS + op.STOP
+    return torch_zip(pkl, {s.key: s.data for s in storages})
+
+
+def legacy_model(hp: Optional[dict] = None) -> bytes:
+    """A bare state_dict of ``hp`` in the legacy (pre-zip) format (its hparams come from params.json)."""
+    state, storages = model_state(hp, legacy=True)
+    return legacy_file(state, [s.key for s in storages], [(s.numel, s.data) for s in storages])
+
+
+def _meta_params(hp: Optional[dict] = None) -> bytes:
+    import json
+
+    hp = dict(TINY if hp is None else hp)
+    return json.dumps({"dim": hp["n_embd"], "n_layers": hp["n_layer"], "n_heads": hp["n_head"],
+                       "n_kv_heads": hp["n_head_kv"], "vocab_size": -1, "multiple_of": 8,
+                       "norm_eps": hp["norm_eps"]}).encode()
+
+
+def meta_dir(root: str, shards: int = 2) -> str:
+    """A Meta directory: consolidated.0N.pth model-parallel shards (zip) + params.json."""
+    import numpy as np
+
+    from mconv.core.arch.llama import expected_shapes
+    from mconv.core.names import table
+
+    os.makedirs(root, exist_ok=True)
+    naming = table("llama")
+    rng = np.random.default_rng(5)
+    full = {c: rng.standard_normal(s).astype("<f4") for c, s in expected_shapes(dict(TINY)).items()}
+    for i in range(shards):
+        entries, storages = [], {}
+        for j, (canonical, values) in enumerate(full.items()):
+            name = naming.from_canonical(canonical, "meta") or canonical
+            axis1 = canonical.startswith("token_embd") or canonical.endswith(("attn_output.weight",
+                                                                              "ffn_down.weight"))
+            if values.ndim == 1:
+                part = values
+            else:
+                part = np.split(values, shards, axis=1 if axis1 else 0)[i]
+            part = np.ascontiguousarray(part)
+            entries.append((name, tensor_expr(str(j), numel=part.size, size=part.shape,
+                                              stride=_contiguous(part.shape))))
+            storages[str(j)] = part.tobytes()
+        with open(os.path.join(root, f"consolidated.{i:02d}.pth"), "wb") as f:
+            f.write(torch_zip(state_dict_pickle(entries), storages))
+    with open(os.path.join(root, "params.json"), "wb") as f:
+        f.write(_meta_params())
+    return root
+
+
+# -- fuzzing: where the integers are, and the pickle inside its zip ------------------------------------
+
+def pickle_int_fields(data: bytes, start: int = 0, pickles: int = 1) -> list[tuple[int, int]]:
+    """(offset, size) of every integer argument (ints, lengths, memo indices) of ``pickles``
+    consecutive pickles from ``start``; as far as the bytes parse."""
+    import pickletools
+    import warnings
+
+    warnings.simplefilter("ignore", DeprecationWarning)   # pickletools on escapes of mutated text opcodes
+    sizes = {-2: 1, -3: 4, -4: 4, -5: 8}   # length prefixes: TAKEN_FROM_ARGUMENT1/4/4U/8U
+    fields: list[tuple[int, int]] = []
+    pos = start
+    for _ in range(pickles):
+        stream = io.BytesIO(data)
+        stream.seek(pos)
+        try:
+            for opcode, _arg, at in pickletools.genops(stream):
+                n = opcode.arg.n if opcode.arg is not None else 0
+                if n in (1, 2, 4, 8):
+                    fields.append((at + 1, n))
+                elif n in sizes:
+                    fields.append((at + 1, sizes[n]))
+                if opcode.name == "STOP":
+                    pos = stream.tell()
+        except Exception:  # noqa: BLE001 - a mutated pickle: the fields found so far
+            break
+    return fields
+
+
+def zip_int_fields(data: bytes) -> list[tuple[int, int]]:
+    """(offset, size) of the size, offset, count and length fields of every zip record found."""
+    layout = {b"PK\x03\x04": [(8, 2), (14, 4), (18, 4), (22, 4), (26, 2), (28, 2)],
+              b"PK\x01\x02": [(10, 2), (16, 4), (20, 4), (24, 4), (28, 2), (30, 2), (32, 2), (42, 4)],
+              b"PK\x05\x06": [(8, 2), (10, 2), (12, 4), (16, 4), (20, 2)],
+              b"PK\x06\x06": [(4, 8), (24, 8), (32, 8), (40, 8), (48, 8)],
+              b"PK\x06\x07": [(8, 8)],
+              b"PK\x07\x08": [(4, 4), (8, 4), (12, 4)]}
+    fields = []
+    for sig, offsets in layout.items():
+        at = data.find(sig)
+        while at >= 0 and len(fields) < 4096:
+            fields += [(at + o, s) for o, s in offsets]
+            at = data.find(sig, at + 4)
+    return fields
+
+
+#: globals a mutated pickle may name instead of the one it had
+PICKLE_GLOBALS = ("torch FloatStorage", "torch HalfStorage", "torch BFloat16Storage", "torch LongStorage",
+                  "torch BoolStorage", "torch UntypedStorage", "torch ByteStorage", "torch._utils _rebuild_tensor",
+                  "torch._utils _rebuild_tensor_v3", "torch._utils _rebuild_parameter", "collections OrderedDict",
+                  "torch._tensor _rebuild_from_type_v2", "torch Tensor", "torch float16", "torch bfloat16",
+                  "builtins set", "os system", "__torch__ M", "torch.nn.modules.linear Linear")
+
+
+def pickle_retoken(data: bytes, k: int, literal: bytes) -> Optional[bytes]:
+    """Replace the k-th int, string or global of a pickle: ints and strings by the literal's value
+    (when it is one), globals by one of ``PICKLE_GLOBALS`` picked by the literal."""
+    import json
+    import pickletools
+    import zlib as _zlib
+
+    spots = []
+    try:
+        for opcode, arg, at in pickletools.genops(data):
+            if opcode.name in ("BININT", "BININT1", "BININT2", "LONG1", "INT", "LONG", "BINUNICODE",
+                               "SHORT_BINUNICODE", "BINSTRING", "SHORT_BINSTRING", "GLOBAL"):
+                spots.append((opcode.name, at))
+    except Exception:  # noqa: BLE001 - the parsed part of a mutated pickle
+        pass
+    if not spots:
+        return None
+    name, at = spots[k % len(spots)]
+    end = at + 1
+    stream = io.BytesIO(data)
+    stream.seek(at)
+    try:
+        for _opcode, _arg, _at in pickletools.genops(stream):
+            end = stream.tell()
+            break
+    except Exception:  # noqa: BLE001
+        return None
+    if name == "GLOBAL":
+        module, _, attr = PICKLE_GLOBALS[_zlib.crc32(literal) % len(PICKLE_GLOBALS)].partition(" ")
+        new = op.glob(module, attr)
+    else:
+        try:
+            value = json.loads(literal)
+        except (ValueError, RecursionError):
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            return None
+        if isinstance(value, int):
+            new = op.int(value)
+        else:  # lone surrogates too: a BINUNICODE that is not UTF-8
+            raw = value.encode("utf-8", "surrogatepass")
+            new = b"X" + struct.pack("<I", len(raw)) + raw
+    return data[:at] + new + data[end:]
+
+
+def _zip_layer(member: str) -> Callable[[bytes], tuple[bytes, Callable[[bytes], bytes]]]:
+    """Fuzz the member ``member`` of a zip: (its bytes, rebuild the zip around new bytes with
+    correct sizes and CRCs)."""
+    def layer(blob: bytes) -> tuple[bytes, Callable[[bytes], bytes]]:
+        with zipfile.ZipFile(io.BytesIO(blob)) as z:
+            members = [(i, z.read(i)) for i in z.infolist()]
+
+        def repack(payload: bytes) -> bytes:
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w") as z:
+                for info, data in members:
+                    z.writestr(info, payload if info.filename == member else data)
+            return buf.getvalue()
+        return dict((i.filename, d) for i, d in members)[member], repack
+    return layer
+
+
+def fuzz_seeds() -> list:
+    from corpus.seeds import Seed, json_retoken
+
+    def zip_file(d: str) -> tuple[str, str]:
+        path = os.path.join(d, "ckpt.pth")
+        with open(path, "wb") as f:
+            f.write(checkpoint_zip())
+        return path, path
+
+    def legacy(d: str) -> tuple[str, str]:
+        path = os.path.join(d, "model.pth")
+        with open(path, "wb") as f:
+            f.write(legacy_model())
+        with open(os.path.join(d, "params.json"), "wb") as f:
+            f.write(_meta_params())
+        return path, path
+
+    def shards(d: str) -> tuple[str, str]:
+        root = meta_dir(os.path.join(d, "meta"))
+        return root, os.path.join(root, "consolidated.01.pth")
+
+    def params(d: str) -> tuple[str, str]:
+        root = meta_dir(os.path.join(d, "meta"))
+        return root, os.path.join(root, "params.json")
+
+    return [
+        Seed("pth", "zip", zip_file, zip_int_fields),
+        Seed("pth", "zip-pickle", zip_file, pickle_int_fields, pickle_retoken, layer=_zip_layer(PKL)),
+        Seed("pth", "legacy", legacy, lambda data: pickle_int_fields(data, 0, 5), pickle_retoken),
+        Seed("pth", "meta-shard", shards, zip_int_fields),
+        Seed("pth", "meta-shard-pickle", shards, pickle_int_fields, pickle_retoken,
+             layer=_zip_layer(PKL)),
+        Seed("pth", "meta-params.json", params, retoken=json_retoken),
+    ]
+
+
+def corpus_cases() -> list:
+    """Every case above for the subprocess corpus (legacy containers counted apart), with its exact
+    message; a payload that ran would create MARKER in the case's directory, which the corpus
+    runner reports as a changed input tree."""
+    from corpus.make_corpus import Case as CorpusCase
+
+    def build(c: Case) -> Callable[[str], tuple[str, str]]:
+        return lambda d: c.build(d, os.path.join(d, "MARKER"))
+
+    return [CorpusCase("pth-legacy" if c.name.startswith("legacy") else "pth", c.name, build(c), "")
+            for c in CASES]

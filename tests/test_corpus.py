@@ -1,9 +1,12 @@
-"""The malformed-input corpus (tests/corpus/make_corpus.py) through the real command line.
+"""The malformed-input corpus (tests/corpus/make_corpus.py and every tests/hostile_*.py) through the
+real command line.
 
 Every case runs ``mconv translate CASE OUT.safetensors`` and ``mconv inspect CASE`` in children
 limited to 1 GiB of address space and 20 s per run, and must end with exactly one
-``mconv: error: ...`` line naming the expected fault, exit code 2, no traceback, no output or
-temporary file, and the case's files untouched.  A summary line gives the per-format counts.
+``mconv: error: ...`` line naming the expected fault (the exact line, for the cases of the formats'
+hostile modules), exit code 2, no traceback, no output or temporary file, and the case's files
+untouched.  Cases of a plugin format (npz) load it in their child.  A summary line gives the
+per-format counts.
 """
 
 from __future__ import annotations
@@ -43,6 +46,26 @@ def test_corpus_covers_every_builtin_input() -> None:
     n = counts(CASES)
     for fmt in ("safetensors", "config.json", "params.json", "tokenizer.model", "input"):
         assert n.get(fmt, 0) >= 5, n
+
+
+def test_corpus_covers_every_reader_and_variant() -> None:
+    """Every readable format (built-in, or a plugin of this repository) has cases of its own, and so
+    has each container or version a reader handles apart."""
+    from corpus.plugins import PLUGINS
+    from mconv.core.registry import get_registry
+
+    n = counts(CASES)
+    readable = [name for name, e in get_registry().formats.items() if e.format.can_read] + list(PLUGINS)
+    for fmt in readable:
+        assert n.get(fmt, 0) >= 10, (fmt, n)
+    for fmt in ("pth-legacy", "tokenizer.bin"):
+        assert n.get(fmt, 0) >= 8, (fmt, n)
+    names = {c.id for c in CASES}
+    for variant in ("ggml-v0", "ggmf-v1", "ggjt-v1", "ggjt-v2"):   # ggjt v3 is the default of the rest
+        assert sum(i.startswith(f"ggml/{variant}-") for i in names) >= 5, variant
+    for case in ("llama2c/short_v1", "llama2c/truncated_v1", "llama2c/v2_truncated", "llama2c/truncated_v0"):
+        assert case in names
+    assert all(c.plugins == ("npz",) for c in CASES if c.format == "npz")
 
 
 # -- the starting points of the recipes are valid: each case fails for its own fault -------------------
@@ -90,6 +113,17 @@ def test_runner_limits_and_recovery() -> None:
     assert answers["crash"]["status"] == "crash" and "exited with 9" in str(answers["crash"]["detail"])
     assert answers["segv"]["status"] == "crash" and "exited with -11" in str(answers["segv"]["detail"])
     assert (answers["after"]["status"], answers["after"]["out"]) == ("done", "still here\n")
+
+
+def test_runner_job_env_applies_to_that_job_only() -> None:
+    """A case's plugins load through its job's env; the next job in the same child is back to none."""
+    code = "import os; print(os.environ['MCONV_LOAD_PLUGINS'] or '-')"
+    show = ("from mconv.core.registry import get_registry; "
+            "print(sorted(n for n, e in get_registry().formats.items() if not e.builtin))")
+    answers = run_jobs([{"id": "a", "exec": code, "env": {"MCONV_LOAD_PLUGINS": "npz"}},
+                        {"id": "b", "exec": show, "env": {"MCONV_LOAD_PLUGINS": "npz"}},
+                        {"id": "c", "exec": code}, {"id": "d", "exec": show}], workers=1)
+    assert [answers[k]["out"] for k in "abcd"] == ["npz\n", "['npz']\n", "-\n", "[]\n"]
 
 
 def test_runner_catches_output_of_c_code() -> None:

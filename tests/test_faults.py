@@ -4,6 +4,11 @@ Promises (DESIGN.md "Temp files", "Streaming"): output is built under ``.<OUT>.m
 renamed into place, so nothing ever appears at OUT unless it is complete; ``--force`` replaces an old
 output atomically (the old one survives a failed or killed run); the next run removes temporaries
 of dead processes (and only those); the input is never written.
+
+Each fault is tried on every kind of output (``LAYOUTS``): a single file (safetensors), directory
+layouts (an HF safetensors folder, a Meta folder of consolidated.00.pth + params.json +
+tokenizer.model, a llama2.c folder), and a file with a sidecar (llama2.c's model.bin, which gets
+tokenizer.bin beside it: a killed or failed run leaves neither).
 """
 
 from __future__ import annotations
@@ -25,25 +30,44 @@ from testlib import Result, cli_subprocess
 PAUSE_CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "pause_child.py")
 ENV = {"MCONV_LOAD_PLUGINS": ""}
 
-LAYOUTS = ("file", "dir")
+#: output kind -> (name of OUT in its folder, translate options, is a directory, files written beside OUT)
+OUTPUTS: dict[str, tuple[str, list[str], bool, list[str]]] = {
+    "file": ("model.safetensors", [], False, []),
+    "dir": ("hf", ["--to", "safetensors"], True, []),
+    "pth_dir": ("meta", ["--to", "pth"], True, []),
+    "llama2c_dir": ("l2c", ["--to", "llama2c"], True, []),
+    "sidecar": ("model.bin", ["--to", "llama2c"], False, ["tokenizer.bin"]),
+}
+LAYOUTS = tuple(OUTPUTS)
 
 
 def _setup(tmp_path: Path, layout: str, existing: bool) -> tuple[str, str, list[str]]:
-    """(input, OUT, translate args); with ``existing`` an older output is already at OUT."""
+    """(input, OUT, translate args); with ``existing`` an older output (of a model with other
+    weights) is already at OUT and its sidecars."""
+    from corpus.builders import hf_tensors, mconv_metadata, pack_safetensors, st_header, write_bytes
+    from testlib import cli
+
     src = valid_file(str(tmp_path / "in"))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    if layout == "file":
-        out = str(out_dir / "model.safetensors")
-        args = ["translate", src, out]
-        if existing:
-            valid_file(str(out_dir), "model.safetensors", tokenizer=False)
-    else:
-        out = str(out_dir / "hf")
-        args = ["translate", "--to", "safetensors", src, out + "/"]
-        if existing:
-            valid_hf_dir(out)
-    return src, out, args + (["--force"] if existing else [])
+    name, options, directory, _ = OUTPUTS[layout]
+    out = str(out_dir / name)
+    target = out + "/" if directory else out
+    if existing:
+        old = write_bytes(str(tmp_path / "old" / "model.safetensors"),
+                          pack_safetensors(*st_header(hf_tensors(seed=1), mconv_metadata())))
+        r = cli("translate", *options, old, target)
+        assert r.rc == 0, r
+    return src, out, ["translate", *options, src, target] + (["--force"] if existing else [])
+
+
+def _beside(out: str, layout: str) -> list[str]:
+    """OUT and the sidecars written beside it."""
+    return [out] + [os.path.join(os.path.dirname(out), n) for n in OUTPUTS[layout][3]]
+
+
+def _digests(out: str, layout: str) -> list[dict[str, tuple[int, str]]]:
+    return [tree_digest(p) for p in _beside(out, layout)]
 
 
 def _temp(out: str, pid: int) -> str:
@@ -91,20 +115,20 @@ def _assert_same_model(a: str, b: str) -> None:
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_sigkill_mid_write_leaves_no_output_and_next_run_cleans(tmp_path: Path, layout: str, existing: bool) -> None:
     src, out, args = _setup(tmp_path, layout, existing)
-    before_in, before_out = tree_digest(str(tmp_path / "in")), tree_digest(out)
+    before_in, before_out = tree_digest(str(tmp_path / "in")), _digests(out, layout)
     p = _paused(tmp_path, args)
     temp = _temp(out, p.pid)
     assert os.path.exists(temp), "the child was writing its temporary output"
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert p.returncode == -signal.SIGKILL
-    # nothing new at OUT: absent, or the old output untouched
-    assert tree_digest(out) == before_out
+    # nothing new at OUT or beside it: absent, or the old output untouched
+    assert _digests(out, layout) == before_out
     assert os.path.exists(temp), "a killed process cannot clean up; the next run does"
     r = cli_subprocess(*args, env=ENV)
     assert (r.rc, r.err) == (0, ""), r
     assert not os.path.lexists(temp)
-    assert sorted(os.listdir(os.path.dirname(out))) == [os.path.basename(out)]
+    assert sorted(os.listdir(os.path.dirname(out))) == sorted(os.path.basename(p) for p in _beside(out, layout))
     assert tree_digest(str(tmp_path / "in")) == before_in
     _assert_same_model(src, out)
 
@@ -148,18 +172,24 @@ def _fsize_limit(limit: int) -> Callable[[], None]:
     return preexec
 
 
+#: RLIMIT_FSIZE values under the size of the largest file each output writes (it limits each file)
+LIMITS = [(layout, limit) for layout in LAYOUTS for limit in ((0, 4096, 12 * 1024) if layout in ("file", "dir")
+                                                              else (0, 4096))]
+
+
 @pytest.mark.parametrize("existing", [False, True], ids=["new", "force_replace"])
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("limit", [0, 4096, 12 * 1024])
+@pytest.mark.parametrize("layout,limit", LIMITS, ids=[f"{lay}-{lim}" for lay, lim in LIMITS])
 def test_full_disk_fails_cleanly(tmp_path: Path, layout: str, existing: bool, limit: int) -> None:
     src, out, args = _setup(tmp_path, layout, existing)
-    before_in, before_out = tree_digest(str(tmp_path / "in")), tree_digest(out)
+    before_in, before_out = tree_digest(str(tmp_path / "in")), _digests(out, layout)
+    before_names = sorted(os.listdir(os.path.dirname(out)))
     r = cli_subprocess(*args, env=ENV, preexec=_fsize_limit(limit))
     line = _one_error_line(r)
-    shown = out + "/" if layout == "dir" else out
+    shown = out + "/" if OUTPUTS[layout][2] else out
     assert line == f"mconv: error: {shown}: cannot write output: File too large"
-    assert tree_digest(out) == before_out
-    assert sorted(os.listdir(os.path.dirname(out))) == ([os.path.basename(out)] if existing else [])
+    assert _digests(out, layout) == before_out
+    assert sorted(os.listdir(os.path.dirname(out))) == before_names   # no temporary left either
+    assert bool(before_names) == existing
     assert tree_digest(str(tmp_path / "in")) == before_in
 
 
@@ -217,6 +247,44 @@ def test_output_over_a_directory_input_is_refused(tmp_path: Path, target: str) -
                           "parent": str(tmp_path) + "/"}[target]
     before = tree_digest(str(tmp_path))
     r = cli_subprocess("translate", "--to", "safetensors", src, out, "--force", env=ENV)
+    line = _one_error_line(r)
+    assert "refusing to overwrite it" in line, line
+    assert tree_digest(str(tmp_path)) == before
+
+
+def _layout_input(tmp_path: Path, fmt: str) -> str:
+    """A Meta (pth) or llama2.c folder made by mconv from the tiny model (with its tokenizer)."""
+    from testlib import cli
+
+    root = str(tmp_path / fmt)
+    r = cli("translate", "--to", fmt, valid_file(str(tmp_path / "src")), root + "/")
+    assert r.rc == 0, r
+    return root
+
+
+#: (input folder format, what OUT is, extra options): every output that would overwrite a file of
+#: the input, through the folder, one of its files, or the sidecar written beside a file output
+SAME_FILE = [
+    ("pth", "dir", []), ("pth", "consolidated.00.pth", []), ("pth", "params.json", []),
+    ("pth", "tokenizer.model", []), ("pth", "parent", []),
+    ("llama2c", "dir", []), ("llama2c", "model.bin", []), ("llama2c", "tokenizer.bin", []),
+    ("llama2c", "parent", []),
+    # a file output whose tokenizer.bin sidecar (beside it, or named by -O tokenizer=) is the input's
+    ("llama2c", "other.bin", []), ("llama2c", "../elsewhere.bin", ["-O", "tokenizer={src}/tokenizer.bin"]),
+    ("pth", "../elsewhere.bin", ["-O", "tokenizer={src}/tokenizer.model"]),
+]
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "force"])
+@pytest.mark.parametrize("fmt,target,options", SAME_FILE, ids=[f"{f}-{t}-{len(o)}" for f, t, o in SAME_FILE])
+def test_output_over_a_layout_input_or_its_sidecar_is_refused(tmp_path: Path, fmt: str, target: str,
+                                                               options: list[str], force: bool) -> None:
+    src = _layout_input(tmp_path, fmt)
+    out = {"dir": src + "/", "parent": str(tmp_path) + "/"}.get(target, os.path.join(src, target))
+    to = "llama2c" if target.endswith(".bin") or options else fmt
+    before = tree_digest(str(tmp_path))
+    r = cli_subprocess("translate", "--allow-lossy", "--from", fmt, "--to", to, *[o.format(src=src) for o in options],
+                       src, out, *(["--force"] if force else []), env=ENV)
     line = _one_error_line(r)
     assert "refusing to overwrite it" in line, line
     assert tree_digest(str(tmp_path)) == before

@@ -13,39 +13,63 @@ from __future__ import annotations
 import collections
 import os
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from corpus.seeds import Seed, apply_ops, collect_seeds, exercise, ops_strategy
+from corpus.plugins import PLUGINS, fake_site
+from corpus.seeds import Seed, apply_ops, collect_seeds, exercise, mutator, ops_strategy
 from corpus.terminal import say
-from mconv.core.registry import get_registry
+from mconv.core.registry import get_registry, reset_registry
 
 SEEDS = collect_seeds()
+#: readable built-in formats (the session loads no plugin) ...
 READABLE = sorted(name for name, e in get_registry().formats.items() if e.format.can_read)
-ACTIVE = [s for s in SEEDS if s.format in READABLE]
+#: ... and the seeds that reach a reader: a built-in one, or one of this repository's plugins
+ACTIVE = [s for s in SEEDS if s.format in READABLE or (s.plugins and set(s.plugins) <= set(PLUGINS))]
 
-#: examples per seed in CI, all seeds together kept near CI_TOTAL (an example costs a few ms)
-CI_TOTAL = 10000
+
+def _load_plugins(names: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make this repository's plugins ``names`` load (no pip: a dist-info folder on sys.path)."""
+    if names:
+        for path in fake_site(str(tmp_path / "plugin-site"), names):
+            monkeypatch.syspath_prepend(path)
+        monkeypatch.setenv("MCONV_LOAD_PLUGINS", ",".join(names))
+    reset_registry()
+
+#: examples per seed in CI, all seeds together kept near CI_TOTAL (an example costs about 2 ms)
+CI_TOTAL = 20000
 CI_PER_SEED = max(100, min(1000, CI_TOTAL // max(1, len(ACTIVE))))
 FUZZ_SECONDS = float(os.environ.get("MCONV_FUZZ_SECONDS", "0") or 0)
 
 
-def test_every_readable_format_has_a_seed() -> None:
-    missing = [f for f in READABLE if not any(s.format == f for s in SEEDS)]
+def test_every_readable_format_has_a_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _load_plugins(tuple(PLUGINS), tmp_path, monkeypatch)
+    readable = sorted(name for name, e in get_registry().formats.items() if e.format.can_read)
+    assert set(READABLE) < set(readable), "the repository's plugins add formats"
+    missing = [f for f in readable if not any(s.format == f for s in ACTIVE)]
     assert not missing, f"no fuzz seed for {missing}: add fuzz_seeds() to tests/hostile_<name>.py"
 
 
 @pytest.mark.parametrize("seed", ACTIVE, ids=lambda s: s.id)
-def test_reader_survives_mutations(seed: Seed, tmp_path, request: pytest.FixtureRequest) -> None:  # type: ignore[no-untyped-def]
+def test_reader_survives_mutations(seed: Seed, tmp_path, request: pytest.FixtureRequest,  # type: ignore[no-untyped-def]
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    _load_plugins(seed.plugins, tmp_path, monkeypatch)
     path, target = seed.build(str(tmp_path))
     with open(target, "rb") as f:
         original = f.read()
     assert exercise(seed.format, path) == "accepted", "the seed itself must be valid"
+    mutate = mutator(seed, original)
+    repacked = mutate([])
+    if repacked != original:  # a layered seed: its repack of the unchanged payload must be valid too
+        with open(target, "wb") as f:
+            f.write(repacked)
+        assert exercise(seed.format, path) == "accepted", "the seed's repack must be valid"
     outcomes: collections.Counter[str] = collections.Counter()
 
     def prop(ops: list[tuple[object, ...]]) -> None:
-        data = apply_ops(seed, original, ops)
+        data = mutate(ops)
         with open(target, "wb") as f:
             f.write(data)
         outcomes[exercise(seed.format, path)] += 1
@@ -66,6 +90,18 @@ def test_reader_survives_mutations(seed: Seed, tmp_path, request: pytest.Fixture
         f.write(original)
     say(request, f"fuzz {seed.id}: {sum(outcomes.values())} examples in {time.perf_counter() - start:.1f} s "
                  f"({', '.join(f'{k} {v}' for k, v in sorted(outcomes.items()))})")
+    TOTALS[seed.format] += sum(outcomes.values())
+
+
+#: examples run per format in this session (summed over its seeds)
+TOTALS: collections.Counter[str] = collections.Counter()
+
+
+def test_zz_summary(request: pytest.FixtureRequest) -> None:
+    """One line with the examples per format (runs last: pytest keeps the file's order)."""
+    if TOTALS:
+        say(request, "fuzz examples per format: " + ", ".join(f"{k} {v}" for k, v in sorted(TOTALS.items()))
+            + f"; total {sum(TOTALS.values())}")
 
 
 def test_mutations_apply() -> None:

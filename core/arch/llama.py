@@ -4,7 +4,7 @@ Registered through the same ``register_architectures`` hook a third-party plugin
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from ..errors import ValidationError
 from ..hookspecs import hookimpl
@@ -15,27 +15,28 @@ from . import Architecture
 
 def expected_shapes(hp: dict) -> dict[str, tuple[int, ...]]:
     """Canonical name -> numpy shape for a llama model with these hparams."""
+    return dict(iter_expected_shapes(hp))
+
+
+def iter_expected_shapes(hp: Mapping[str, Any]) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """(canonical name, numpy shape) pairs in canonical order, one block at a time (a checker stops
+    at the first missing tensor instead of building a table for a hostile n_layer of 2^31)."""
     n_embd, n_head, n_head_kv = hp["n_embd"], hp["n_head"], hp["n_head_kv"]
     head_dim = n_embd // n_head
-    shapes: dict[str, tuple[int, ...]] = {
-        "token_embd.weight": (hp["n_vocab"], n_embd),
-        "output_norm.weight": (n_embd,),
-        "output.weight": (hp["n_vocab"], n_embd),
-    }
+    yield "token_embd.weight", (hp["n_vocab"], n_embd)
+    yield "output_norm.weight", (n_embd,)
+    yield "output.weight", (hp["n_vocab"], n_embd)
     for b in range(hp["n_layer"]):
         p = f"blk.{b}."
-        shapes.update({
-            p + "attn_norm.weight": (n_embd,),
-            p + "attn_q.weight": (n_head * head_dim, n_embd),
-            p + "attn_k.weight": (n_head_kv * head_dim, n_embd),
-            p + "attn_v.weight": (n_head_kv * head_dim, n_embd),
-            p + "attn_output.weight": (n_embd, n_head * head_dim),
-            p + "ffn_norm.weight": (n_embd,),
-            p + "ffn_gate.weight": (hp["n_ff"], n_embd),
-            p + "ffn_down.weight": (n_embd, hp["n_ff"]),
-            p + "ffn_up.weight": (hp["n_ff"], n_embd),
-        })
-    return shapes
+        yield p + "attn_norm.weight", (n_embd,)
+        yield p + "attn_q.weight", (n_head * head_dim, n_embd)
+        yield p + "attn_k.weight", (n_head_kv * head_dim, n_embd)
+        yield p + "attn_v.weight", (n_head_kv * head_dim, n_embd)
+        yield p + "attn_output.weight", (n_embd, n_head * head_dim)
+        yield p + "ffn_norm.weight", (n_embd,)
+        yield p + "ffn_gate.weight", (hp["n_ff"], n_embd)
+        yield p + "ffn_down.weight", (n_embd, hp["n_ff"])
+        yield p + "ffn_up.weight", (hp["n_ff"], n_embd)
 
 
 def check_model(model: Model) -> None:
@@ -55,7 +56,7 @@ def check_model(model: Model) -> None:
         raise ValidationError(f"the tokenizer has {len(model.tokenizer)} tokens but the embedding only "
                               f"{hp['n_vocab']} rows")
     optional = table(model.arch).optional
-    for name, shape in expected_shapes(hp).items():
+    for name, shape in iter_expected_shapes(hp):
         t = model.tensors.get(name)
         if t is None:
             if name not in optional:

@@ -66,4 +66,5 @@ class L2CQ8(BlockDType):
         gs = self.block_size
         q = np.ascontiguousarray(blocks[:, :gs]).view(np.int8)
         scale = np.ascontiguousarray(blocks[:, gs:gs + 4]).view("<f4").reshape(-1, 1)
-        return (q.astype(F32) * scale).astype(F32, copy=False)
+        with np.errstate(all="ignore"):       # inf/NaN scales of a hostile file give inf/NaN, silently
+            return (q.astype(F32) * scale).astype(F32, copy=False)

@@ -3,6 +3,8 @@
 
 Each :class:`Case` is a name, a builder that writes a hostile input into an empty directory (and
 returns the path to hand to mconv), and a substring of the one-line error mconv must give for it.
+A builder may instead return ``(path, message)``: then the error line must be exactly
+``mconv: error: <message>`` (the hostile modules of the formats know their exact offsets).
 ``tests/test_corpus.py`` builds every case into a temporary directory and runs ``mconv translate CASE
 OUT.safetensors`` and ``mconv inspect CASE`` on it in memory- and time-limited subprocesses; both
 must end with exactly one ``mconv: error: ...`` line containing the substring, exit code 2, no
@@ -64,8 +66,9 @@ class Case:
     format: str
     #: unique within ``format``, usable as a directory name
     name: str
-    #: build(empty_dir) writes the input under empty_dir and returns the path mconv opens
-    build: Callable[[str], str]
+    #: build(empty_dir) writes the input under empty_dir and returns the path mconv opens (or that
+    #: path and the exact message)
+    build: Callable[[str], "str | tuple[str, str]"]
     #: substring of the ``mconv: error:`` line every command must print
     expect: str
     #: the commands that must refuse it (``inspect`` reads without the architecture check, so a
@@ -76,6 +79,8 @@ class Case:
     read_args: tuple[str, ...] = ()
     #: the translate output's file name (inside an empty directory of its own)
     output: str = "OUT.safetensors"
+    #: third-party plugins (corpus/plugins.py) the run must load, e.g. ("npz",)
+    plugins: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -526,6 +531,9 @@ def _sidecar_cases(fmt: str, keys: Mapping[str, str]) -> list[Case]:
         c("n_layer_too_many", with_values(**{keys["n_layer"]: 3}), "tensor blk.1.attn_norm.weight is missing",
           commands=("translate",)),
         c("n_layer_zero", with_values(**{keys["n_layer"]: 0}), f"hparam n_layer = 0 from {fmt} ({keys['n_layer']}) is out of range"),
+        # a table of 2^31 blocks' shapes would take minutes and gigabytes: the check stops at the first gap
+        c("n_layer_2_31_minus_1", with_values(**{keys["n_layer"]: 2**31 - 1}),
+          "tensor blk.1.attn_norm.weight is missing", commands=("translate",)),
         c("vocab_1e30", with_values(**{keys["n_vocab"]: 10**30}), f"hparam n_vocab = {10**30} from {fmt}"),
         c("vocab_negative", with_values(**{keys["n_vocab"]: -5}), f"hparam n_vocab = -5 from {fmt} ({keys['n_vocab']}) is out of range"),
         c("ctx_zero", with_values(**{keys["n_ctx"]: 0}), f"hparam n_ctx = 0 from {fmt} ({keys['n_ctx']}) is out of range"),
@@ -631,7 +639,7 @@ def input_cases() -> list[Case]:
 # collection
 # ==================================================================================================
 
-#: built-in recipe tables by the format they exercise
+#: built-in recipe tables by the format they exercise (the readers' own tables live in tests/hostile_*.py)
 BUILTIN: dict[str, Callable[[], list[Case]]] = {
     "safetensors": safetensors_cases,
     "config.json": config_cases,
@@ -671,18 +679,25 @@ def collect_cases(formats: Optional[Iterable[str]] = None) -> list[Case]:
     return cases
 
 
-def build_case(case: Case, root: str) -> str:
-    """Build one case in ``root/<format>/<name>/``; returns the input path."""
+def build_case(case: Case, root: str) -> str | tuple[str, str]:
+    """Build one case in ``root/<format>/<name>/``; returns the input path, or (path, exact message)."""
     d = os.path.join(root, case.format, case.name)
     os.makedirs(d)
     return case.build(d)
 
 
-def write_corpus(root: str, cases: Sequence[Case]) -> dict[str, str]:
-    """Build every case under ``root`` and write ``root/manifest.json``; case id -> input path."""
+def split_input(built: str | tuple[str, str]) -> tuple[str, Optional[str]]:
+    """(input path, exact message or None) of what a builder returned."""
+    return (built, None) if isinstance(built, str) else (built[0], built[1])
+
+
+def write_corpus(root: str, cases: Sequence[Case]) -> dict[str, str | tuple[str, str]]:
+    """Build every case under ``root`` and write ``root/manifest.json``; case id -> input path
+    (or (input path, exact message))."""
     inputs = {case.id: build_case(case, root) for case in cases}
-    manifest = [{"id": c.id, "format": c.format, "input": inputs[c.id], "commands": list(c.commands),
-                 "read_args": list(c.read_args), "expect": c.expect} for c in cases]
+    manifest = [{"id": c.id, "format": c.format, "input": split_input(inputs[c.id])[0], "commands": list(c.commands),
+                 "read_args": list(c.read_args), "plugins": list(c.plugins), "expect": c.expect,
+                 "exact": split_input(inputs[c.id])[1]} for c in cases]
     write_json(os.path.join(root, "manifest.json"), manifest)
     return inputs
 
@@ -725,4 +740,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the importable copy: the hostile modules build their cases with corpus.make_corpus.Case,
+    # which is not this __main__ module's Case
+    from corpus import make_corpus
+
+    sys.exit(make_corpus.main())

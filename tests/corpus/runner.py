@@ -2,7 +2,8 @@
 """Run many mconv command lines in a few resource-limited child processes.
 
 Child side (``python runner.py``): reads one JSON job per line on stdin (``{"id", "argv"}``, or
-``{"id", "exec"}`` with Python code instead, for testing the runner itself), runs
+``{"id", "exec"}`` with Python code instead, for testing the runner itself; an optional ``"env"``
+sets environment variables for that job only, e.g. ``MCONV_LOAD_PLUGINS``), runs
 ``mconv.core.cli.main(argv)`` in-process with file descriptors 1 and 2 redirected to temporary files
 (so output written by C code is caught too), and answers one JSON line per job:
 ``{"id", "rc", "out", "err", "escaped", "seconds"}``.  ``escaped`` is the traceback of anything
@@ -30,7 +31,7 @@ RUNNER = os.path.abspath(__file__)
 # child
 # ==================================================================================================
 
-def _run_one(argv: list[str], code: str | None = None) -> dict[str, object]:
+def _run_one(argv: list[str], code: str | None = None, env: dict[str, str] | None = None) -> dict[str, object]:
     import tempfile
     import traceback
 
@@ -42,6 +43,8 @@ def _run_one(argv: list[str], code: str | None = None) -> dict[str, object]:
             exec(code, {})
             return 0
 
+    saved_env = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
     reset_registry()
     escaped = None
     rc = None
@@ -67,6 +70,12 @@ def _run_one(argv: list[str], code: str | None = None) -> dict[str, object]:
         fe.seek(0)
         out = fo.read().decode("utf-8", "replace")
         err = fe.read().decode("utf-8", "replace")
+    for k, v in saved_env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    reset_registry()
     return {"rc": rc, "out": out, "err": err, "escaped": escaped, "seconds": time.perf_counter() - start}
 
 
@@ -77,7 +86,7 @@ def serve() -> int:
         if not line.strip():
             continue
         job = json.loads(line)
-        result = _run_one(job.get("argv", []), job.get("exec"))
+        result = _run_one(job.get("argv", []), job.get("exec"), job.get("env"))
         result["id"] = job["id"]
         answers.write(json.dumps(result) + "\n")
     return 0
@@ -92,16 +101,19 @@ MEMORY_LIMIT = 1 << 30
 TIME_LIMIT = 20.0
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(path: list[str]) -> dict[str, str]:
+    """The children's environment: one BLAS thread, built-in plugins only unless a job's ``env``
+    says otherwise, and ``path`` (this repository's plugins, loadable on demand) on PYTHONPATH."""
     env = dict(os.environ)
     env.update(MCONV_LOAD_PLUGINS=os.environ.get("MCONV_LOAD_PLUGINS", ""), OPENBLAS_NUM_THREADS="1",
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1",
                PYTHONFAULTHANDLER="1")
+    env["PYTHONPATH"] = os.pathsep.join(path + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     return env
 
 
 class _Child:
-    def __init__(self, memory: int) -> None:
+    def __init__(self, memory: int, path: list[str]) -> None:
         import queue
         import subprocess
         import tempfile
@@ -115,7 +127,7 @@ class _Child:
 
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, RUNNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, env=_child_env(), preexec_fn=limits, text=True)
+                                     stderr=self.stderr, env=_child_env(path), preexec_fn=limits, text=True)
         self.answers: "queue.Queue[str | None]" = queue.Queue()
         stdout, answers = self.proc.stdout, self.answers
 
@@ -169,10 +181,14 @@ class _Child:
 
 def run_jobs(jobs: list[dict[str, object]], workers: int = 0, memory: int = MEMORY_LIMIT,
              timeout: float = TIME_LIMIT) -> dict[str, dict[str, object]]:
-    """Run ``jobs`` (``{"id", "argv"}``) in ``workers`` limited children; id -> answer with
+    """Run ``jobs`` (``{"id", "argv"[, "env"]}``) in ``workers`` limited children; id -> answer with
     ``status`` "done" (then rc/out/err/escaped/seconds), "hang" or "crash" (then detail)."""
     import queue
+    import shutil
+    import tempfile
     import threading
+
+    from corpus.plugins import fake_site
 
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     todo: "queue.Queue[dict[str, object]]" = queue.Queue()
@@ -180,9 +196,11 @@ def run_jobs(jobs: list[dict[str, object]], workers: int = 0, memory: int = MEMO
         todo.put(job)
     results: dict[str, dict[str, object]] = {}
     lock = threading.Lock()
+    site = tempfile.mkdtemp(prefix="mconv-plugins-")
+    path = fake_site(site)
 
     def work() -> None:
-        child = _Child(memory)
+        child = _Child(memory, path)
         try:
             while True:
                 try:
@@ -193,17 +211,20 @@ def run_jobs(jobs: list[dict[str, object]], workers: int = 0, memory: int = MEMO
                 if answer["status"] != "done":
                     child.kill()
                     child.close()
-                    child = _Child(memory)
+                    child = _Child(memory, path)
                 with lock:
                     results[str(job["id"])] = answer
         finally:
             child.close()
 
     threads = [threading.Thread(target=work) for _ in range(min(workers, len(jobs)) or 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        shutil.rmtree(site, ignore_errors=True)
     return results
 
 
@@ -241,8 +262,10 @@ class Report:
                 f"refused cleanly per format: {parts}; total {clean}/{len(self.cases)}")
 
 
-def check_answer(case, command: str, answer: dict[str, object]) -> list[str]:  # type: ignore[no-untyped-def]
-    """What is wrong with one run of a malformed case (empty = refused cleanly)."""
+def check_answer(case, command: str, answer: dict[str, object],  # type: ignore[no-untyped-def]
+                 exact: str | None = None) -> list[str]:
+    """What is wrong with one run of a malformed case (empty = refused cleanly); ``exact`` is the
+    whole message after ``mconv: error: `` when the case's builder gave one."""
     if answer["status"] != "done":
         return [f"{answer['status']}: {answer.get('detail', '')}"]
     problems = []
@@ -256,17 +279,20 @@ def check_answer(case, command: str, answer: dict[str, object]) -> list[str]:  #
         problems.append(f"stderr is not exactly one 'mconv: error: ' line: {err!r}")
     elif case.expect not in lines[0]:
         problems.append(f"message lacks {case.expect!r}: {lines[0]!r}")
+    elif exact is not None and lines[0] != f"mconv: error: {exact}":
+        problems.append(f"message is not exactly {'mconv: error: ' + exact!r}: {lines[0]!r}")
     if "Traceback" in err or "Traceback" in out:
         problems.append("a traceback was printed")
     return problems
 
 
-def run_corpus(cases: list, inputs: dict[str, str], corpus_root: str, out_root: str, workers: int = 0,
+def run_corpus(cases: list, inputs: dict[str, object], corpus_root: str, out_root: str, workers: int = 0,
                memory: int = MEMORY_LIMIT, timeout: float = TIME_LIMIT) -> Report:
-    """Run every command of every case (built under ``corpus_root`` by make_corpus.write_corpus);
-    check the answers, that no output or temporary file was left, and that the case's directory
-    is unchanged (same files, same bytes)."""
+    """Run every command of every case (built under ``corpus_root`` by make_corpus.write_corpus:
+    case id -> input path, or (input path, exact message)); check the answers, that no output or
+    temporary file was left, and that the case's directory is unchanged (same files, same bytes)."""
     from corpus.builders import tree_digest
+    from corpus.make_corpus import split_input
 
     jobs = []
     outs: dict[str, str] = {}
@@ -277,7 +303,11 @@ def run_corpus(cases: list, inputs: dict[str, str], corpus_root: str, out_root: 
             d = os.path.join(out_root, c.format, c.name, cmd)
             os.makedirs(d)
             outs[f"{c.id}#{cmd}"] = d
-            jobs.append({"id": f"{c.id}#{cmd}", "argv": c.argv(cmd, inputs[c.id], os.path.join(d, c.output))})
+            job: dict[str, object] = {"id": f"{c.id}#{cmd}",
+                                      "argv": c.argv(cmd, split_input(inputs[c.id])[0], os.path.join(d, c.output))}
+            if c.plugins:
+                job["env"] = {"MCONV_LOAD_PLUGINS": ",".join(c.plugins)}
+            jobs.append(job)
     start = time.perf_counter()
     answers = run_jobs(jobs, workers, memory, timeout)
     seconds = time.perf_counter() - start
@@ -285,7 +315,7 @@ def run_corpus(cases: list, inputs: dict[str, str], corpus_root: str, out_root: 
     for c in cases:
         after = tree_digest(case_dir[c.id])
         for cmd in c.commands:
-            ps = check_answer(c, cmd, answers[f"{c.id}#{cmd}"])
+            ps = check_answer(c, cmd, answers[f"{c.id}#{cmd}"], split_input(inputs[c.id])[1])
             left = os.listdir(outs[f"{c.id}#{cmd}"])
             if left:
                 ps.append(f"left files in the output directory: {left}")

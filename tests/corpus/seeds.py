@@ -12,6 +12,7 @@ bytes and decoded values, the tokenizer and the architecture check; any exceptio
 MconvError is a bug.
 
 A new format adds seeds from ``tests/hostile_<name>.py`` by exposing ``fuzz_seeds() -> list[Seed]``.
+:func:`mutator` turns a seed's file bytes into a function from a mutation list to new file bytes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from corpus.builders import INDEX_NAME, meta_params, sp_model_bytes, valid_file,
 
 IntFields = Callable[[bytes], Sequence[tuple[int, int]]]
 Retoken = Callable[[bytes, int, bytes], Optional[bytes]]
+#: layer(file bytes) -> (the payload to mutate, repack(payload) -> file bytes)
+Layer = Callable[[bytes], tuple[bytes, Callable[[bytes], bytes]]]
 
 
 def _no_fields(data: bytes) -> Sequence[tuple[int, int]]:
@@ -43,6 +46,12 @@ class Seed:
     int_fields: IntFields = field(default=_no_fields)
     #: retoken(data, k, literal): data with its k-th (mod count) value token replaced, or None
     retoken: Optional[Retoken] = None
+    #: mutate a payload inside the file instead of the file itself (a zip member, whose sizes and
+    #: CRC-32 the repack keeps right so the mutation reaches the member's own parser);
+    #: int_fields and retoken then apply to the payload
+    layer: Optional[Layer] = None
+    #: third-party plugins (corpus/plugins.py) that must be loaded to read it
+    plugins: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -192,6 +201,14 @@ def apply_ops(seed: Seed, data: bytes, ops: Sequence[tuple[Any, ...]]) -> bytes:
     return data
 
 
+def mutator(seed: Seed, original: bytes) -> Callable[[Sequence[tuple[Any, ...]]], bytes]:
+    """ops -> the bytes to write to the seed's target file (through its layer, if it has one)."""
+    if seed.layer is None:
+        return lambda ops: apply_ops(seed, original, ops)
+    payload, repack = seed.layer(original)
+    return lambda ops: repack(apply_ops(seed, payload, ops))
+
+
 # ==================================================================================================
 # reading
 # ==================================================================================================
@@ -199,7 +216,16 @@ def apply_ops(seed: Seed, data: bytes, ops: Sequence[tuple[Any, ...]]) -> bytes:
 def exercise(fmt_name: str, path: str) -> str:
     """Sniff ``path`` with every readable format, read it with ``fmt_name``, then touch every
     tensor, the tokenizer and the architecture check.  Returns "accepted", "refused" (MconvError
-    from the reader) or "refused late" (MconvError while touching the data); anything else raises."""
+    from the reader) or "refused late" (MconvError while touching the data); anything else raises,
+    warnings too (a RuntimeWarning of numpy would be a stray line on the user's terminal)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return _exercise(fmt_name, path)
+
+
+def _exercise(fmt_name: str, path: str) -> str:
     from mconv.core.format import head_of
     from mconv.core.registry import get_registry
     from mconv.core.tokenizers import sentencepiece_bytes, tokenizer_to_json

@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from mconv.plugins import (
+    MAX_TENSORS,
     DType,
     FileSlice,
     Format,
@@ -38,6 +39,7 @@ from mconv.plugins import (
     Tensor,
     UnsupportedError,
     WriteContext,
+    check_shape,
     get_dtype,
     jsonable,
     read_sentencepiece_file,
@@ -50,9 +52,12 @@ from mconv.plugins import (
 
 META_MEMBER = "__mconv__.json"
 FORMAT_VERSION = 1
-#: limits: members in one archive, bytes of __mconv__.json, bytes of an npy header, a compressed
-#: member's decompressed size (compressed members are the only ones read into memory)
-MAX_MEMBERS = 1_000_000
+#: limits: members in one archive (a tensor each, and __mconv__.json) and the bytes of its central
+#: directory (both checked on the end record before zipfile parses it into an object per entry),
+#: bytes of __mconv__.json, bytes of an npy header, compressed members' decompressed size in all
+#: (compressed members are the only ones read into memory)
+MAX_MEMBERS = MAX_TENSORS + 1
+MAX_CENTRAL_DIRECTORY_BYTES = 64 << 20
 MAX_META_BYTES = 256 << 20
 MAX_NPY_HEADER = 0xFFFF
 MAX_INFLATE_BYTES = 1 << 30
@@ -164,9 +169,11 @@ def _parse_npy_header(prefix: bytes, where: str) -> tuple[str, tuple[int, ...], 
         raise FormatError(f".npy header of {hlen} bytes is truncated or over {MAX_NPY_HEADER} bytes", member=where)
     try:
         # numpy's own parser (ast.literal_eval of the dict, never pickle), fed as a version 1.0 header
-        # (it expects the stream just past the 8-byte magic and version)
+        # (it expects the stream just past the 8-byte magic and version).  Hostile text makes it raise
+        # more than ValueError (tokenize.TokenError, TypeError from sorting mixed keys...): any
+        # exception of the parser is a bad header.
         header = np.lib.format.read_array_header_1_0(io.BytesIO(struct.pack("<H", hlen) + prefix[start:start + hlen]))
-    except (ValueError, SyntaxError, struct.error) as e:
+    except Exception as e:  # noqa: BLE001 - see above
         raise FormatError(f"bad .npy header: {e}", member=where)
     shape, fortran, dtype = header
     if dtype.hasobject:
@@ -179,7 +186,7 @@ def _parse_npy_header(prefix: bytes, where: str) -> tuple[str, tuple[int, ...], 
 
 def _local_data_offset(mm: Any, info: zipfile.ZipInfo, size: int, name: str) -> int:
     off = info.header_offset
-    if off + 30 > size:
+    if off < 0 or off + 30 > size:
         raise FormatError("local header past the end of the file", member=name, offset=off)
     sig, = struct.unpack_from("<I", mm, off)
     if sig != 0x04034B50:
@@ -196,19 +203,54 @@ def _local_data_offset(mm: Any, info: zipfile.ZipInfo, size: int, name: str) -> 
     return start
 
 
+def _check_directory(path: str) -> None:
+    """Refuse, from the end record alone, a central directory too large to hand to zipfile (which
+    builds an object per entry): more than MAX_MEMBERS entries or MAX_CENTRAL_DIRECTORY_BYTES bytes.
+    A missing end record is left for zipfile to report."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(max(0, size - (1 << 16) - 22))
+        tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or at + 22 > len(tail):
+            return
+        entries, cd_size = struct.unpack_from("<HI", tail, at + 10)
+        loc = at - 20
+        if loc >= 0 and tail[loc:loc + 4] == b"PK\x06\x07":   # zip64: the counts are in the zip64 end record
+            (z64,) = struct.unpack_from("<Q", tail, loc + 8)
+            if z64 + 56 <= size:
+                f.seek(z64)
+                rec = f.read(56)
+                if rec[:4] == b"PK\x06\x06":
+                    entries, cd_size = struct.unpack_from("<QQ", rec, 32)
+    if entries > MAX_MEMBERS:
+        raise FormatError(f"{entries} members exceed the limit of {MAX_MEMBERS}")
+    if cd_size > MAX_CENTRAL_DIRECTORY_BYTES:
+        raise FormatError(f"central directory of {cd_size} bytes exceeds the {MAX_CENTRAL_DIRECTORY_BYTES}-byte limit")
+
+
 def _members(path: str, ctx: ReadContext) -> tuple[dict[str, _Member], Optional[bytes]]:
+    _check_directory(path)
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError) as e:
+        # NotImplementedError: an entry needing a zip version or feature zipfile lacks
         raise FormatError(f"not a readable zip archive: {e}")
     with zf:
         infos = zf.infolist()
-        if len(infos) > MAX_MEMBERS:
+        if len(infos) > MAX_MEMBERS:   # more entries than the end record said
             raise FormatError(f"{len(infos)} members exceed the limit of {MAX_MEMBERS}")
-        names = [i.filename for i in infos]
-        dups = sorted({n for n in names if names.count(n) > 1}) if len(set(names)) != len(names) else []
-        if dups:
-            raise FormatError("duplicate member", member=dups[0])
+        seen: set[str] = set()
+        for info in infos:
+            if info.filename in seen:
+                raise FormatError("duplicate member", member=info.filename)
+            seen.add(info.filename)
+        # compressed members are inflated into memory: bound their declared sizes in all, before any
+        # is read (a member inflating past its declared size is cut there and fails its CRC)
+        inflated = sum(i.file_size for i in infos
+                       if i.compress_type != zipfile.ZIP_STORED and i.filename.endswith(".npy"))
+        if inflated > MAX_INFLATE_BYTES:
+            raise FormatError(f"compressed members declare {inflated} bytes in all; the limit is {MAX_INFLATE_BYTES}")
         mapped = ctx.cache.get(path)
         mm = mapped.buffer
         members: dict[str, _Member] = {}
@@ -273,11 +315,20 @@ def _tensor(name: str, m: _Member, tag: Optional[dict[str, Any]]) -> Tensor:
     else:
         dt = _dtype_from_tag(tag, m.name)
         shape = tuple(tag["shape"])
+        try:
+            check_shape(shape, dt)
+        except FormatError as e:
+            raise e.at(member=META_MEMBER, tensor=name)
         expected = (_npy_descr(dt), (_rows(shape), dt.row_bytes(_cols(shape))) if dt.is_quantized else shape)
         if (m.descr, m.shape) != expected:
             raise FormatError(f"array is {m.descr} {m.shape} but __mconv__.json says {dt.name} {shape}, stored as "
                               f"{expected[0]} {expected[1]}", member=m.name)
         big = False
+    if tag is None:
+        try:
+            check_shape(shape, dt)
+        except FormatError as e:
+            raise e.at(member=m.name)
     rows, cols = _rows(shape), _cols(shape)
     row_bytes = dt.row_bytes(cols)
     if m.fortran and len(shape) > 1:
@@ -362,7 +413,9 @@ def read_npz(path: str, ctx: ReadContext) -> Model:
     if meta_blob is not None:
         try:
             meta = _check_meta(json.loads(meta_blob.decode("utf-8")))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        except RecursionError:
+            raise FormatError("not valid JSON: it nests too deeply", member=META_MEMBER)
+        except ValueError as e:  # UnicodeDecodeError, JSONDecodeError, an integer of over 4300 digits
             raise FormatError(f"not valid JSON: {e}", member=META_MEMBER)
     arch = meta.get("arch", "llama") if meta else "llama"
     names = table(arch)
@@ -425,9 +478,10 @@ class NpzFormat(Format):
         if is_dir or not head.startswith(b"PK\x03\x04"):
             return 0.0
         try:
+            _check_directory(path)   # any zip is sniffed here (a .pth too): bound zipfile's work first
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError):
+        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError, FormatError):
             return 0.0
         if META_MEMBER in names:
             return 1.0
