@@ -1,5 +1,5 @@
 """Limits every reader applies to what a file claims before building anything from it, so that a
-hostile header costs neither unbounded memory nor an exception from numpy (docs/limits.md).
+hostile header costs neither unbounded memory nor an exception from numpy (README: Limits and hostile input).
 
 The checks raise FormatError without a location; the reader adds path, offset and tensor with
 ``FormatError.at``.

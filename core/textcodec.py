@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import UsageError, ValidationError
-from .ir import TOKEN_BYTE, TOKEN_CONTROL, Tokenizer
+from .ir import TOKEN_CONTROL, Tokenizer
 
 SPACE = "\u2581".encode("utf-8")       # "▁"
 BYTE_TOKEN = re.compile(rb"<0x([0-9A-Fa-f]{2})>")

@@ -21,7 +21,6 @@ import re
 import struct
 from typing import Any, Callable, Optional
 
-import numpy as np
 
 from mconv.plugins import (
     DIR_SAFETENSORS,

@@ -25,7 +25,6 @@ NPZ_PLUGIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 def install_fake_dist(tmp_path, monkeypatch: pytest.MonkeyPatch, dist: str, entry_points: str, code_dirs=()):
     """Make an entry point visible to importlib.metadata without pip: a dist-info folder on sys.path."""
-    import sys
 
     site = tmp_path / f"site-{dist}"
     info = site / f"{dist.replace('-', '_')}-0.0.1.dist-info"

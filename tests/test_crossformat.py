@@ -13,7 +13,7 @@ from mconv.core.convert import open_model, write_model
 from mconv.core.registry import get_registry
 
 torch = pytest.importorskip("torch")
-from torch_oracle import assert_model_equals, hf_bin_dir, meta_dir, train_checkpoint  # noqa: E402
+from torch_oracle import hf_bin_dir, meta_dir, train_checkpoint  # noqa: E402
 
 #: norm_eps 1e-5 and theta 10000, as llama2.c requires; GQA; n_vocab fits the test tokenizer
 HP = dict(GQA)

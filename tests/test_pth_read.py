@@ -17,7 +17,7 @@ from mconv.formats import _torch_file
 from mconv.formats.pth import _read_part
 from mconv.plugins import MappedFile, ReadContext
 from testlib import GQA, cli, cli_subprocess
-from torch_oracle import assert_same, meta_dir, meta_state
+from torch_oracle import assert_same, meta_dir
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
           torch.int8, torch.uint8, torch.bool, torch.uint16, torch.uint32, torch.uint64, torch.float8_e4m3fn,

@@ -6,10 +6,8 @@ scalar Python transliteration (one float32 operation at a time) that needs nothi
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest

@@ -25,7 +25,7 @@ from mconv.core import ir
 from mconv.core.convert import open_model, write_model
 from mconv.core.registry import get_registry
 from mconv.formats import llama2c
-from mconv.plugins import table, tensor_from_array
+from mconv.plugins import tensor_from_array
 from testlib import random_model, sp_tokenizer
 
 #: raw bytes per chunk and values per transform chunk during these tests

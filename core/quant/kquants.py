@@ -23,7 +23,6 @@ Block layouts (bytes, struct order; e = element index inside the super-block):
 
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 

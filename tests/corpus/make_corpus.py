@@ -276,7 +276,6 @@ def safetensors_cases() -> list[Case]:
 
     header_ok, _ = _model_header()
     text_ok = json.dumps(header_ok, separators=(",", ":"))
-    first_name = next(k for k in header_ok if k != "__metadata__")
     return [
         # -- the 8-byte size and the header bytes ------------------------------------------------
         c("empty_file", _file("model.safetensors", b""), "file of 0 bytes is too short for the 8-byte header size"),
