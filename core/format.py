@@ -159,10 +159,6 @@ class Format:
                 raise UsageError(f"-O {key}={value}: {e}")
         return out
 
-    def output_name(self, directory: str) -> str:
-        """The main file inside a directory layout (for messages)."""
-        return directory
-
 
 def _file_cache() -> "FileCache":
     from .ir import FileCache

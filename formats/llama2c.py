@@ -729,9 +729,6 @@ class Llama2cFormat(Format):
     def read(self, path: str, ctx: ReadContext) -> Model:
         return read_llama2c(path, ctx)
 
-    def output_name(self, directory: str) -> str:
-        return os.path.join(directory, MODEL_BIN)
-
     def accepts_tensor(self, canonical: str) -> bool:
         return _NAME_RE.match(canonical) is not None
 

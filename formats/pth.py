@@ -432,9 +432,6 @@ class PthFormat(Format):
         obj: Any = state if layout == "state_dict" else {"model": state, "model_args": model_args(model)}
         _write_torch(path, _torch_save.archive_name(ctx.final_path or path), obj, ctx.progress)
 
-    def output_name(self, directory: str) -> str:
-        return os.path.join(directory, "consolidated.00.pth")
-
 
 @hookimpl
 def register_formats(register: Callable[[object], None]) -> None:
