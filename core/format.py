@@ -98,6 +98,8 @@ class Format:
     can_write: ClassVar[bool] = True
     #: dtype names the format can store
     dtypes: ClassVar[frozenset[str]] = frozenset()
+    #: dtype names it stores for 1-D tensors, when its loaders need fewer (None: ``dtypes``)
+    dtypes_1d: ClassVar[Optional[frozenset[str]]] = None
     #: canonical hparams the format stores (None = all of them)
     stored_hparams: ClassVar[Optional[frozenset[str]]] = None
     #: hparams the format cannot store but its loaders take at load time: key -> loader flag
@@ -133,9 +135,11 @@ class Format:
         return request
 
     def dtypes_for(self, t: Tensor) -> frozenset[str]:
-        """The dtype names this format stores for tensor ``t`` (default: all of ``dtypes``).  A format
-        whose loaders need some tensors in particular types narrows this; the planner then widens
-        those tensors losslessly (GGUF/ggjt: 1-D norms in f32, as llama.cpp multiplies only by f32)."""
+        """The dtype names this format stores for tensor ``t``: ``dtypes_1d`` for a 1-D tensor when the
+        format sets it, else ``dtypes``.  The planner widens tensors outside it losslessly (GGUF/ggjt:
+        1-D norms in f32, as llama.cpp multiplies only by f32).  Override for other rules."""
+        if self.dtypes_1d is not None and len(t.shape) <= 1:
+            return self.dtypes_1d
         return self.dtypes
 
     def plan_losses(self, model: Model, ctx: WriteContext) -> list["Loss"]:  # noqa: F821

@@ -428,9 +428,6 @@ class GGMLFormat(Format):
     def read(self, path: str, ctx: ReadContext) -> Model:
         return read_ggml(path, ctx)
 
-    def dtypes_for(self, t: Tensor) -> frozenset[str]:
-        return self.dtypes_1d if len(t.shape) <= 1 else self.dtypes
-
     def write(self, model: Model, path: str, ctx: WriteContext) -> None:
         write_ggjt(model, path, ctx)
 

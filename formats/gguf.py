@@ -552,9 +552,6 @@ class GGUFFormat(Format):
     def read(self, path: str, ctx: ReadContext) -> Model:
         return read_gguf(path, ctx)
 
-    def dtypes_for(self, t: Tensor) -> frozenset[str]:
-        return self.dtypes_1d if len(t.shape) <= 1 else self.dtypes
-
     def write(self, model: Model, path: str, ctx: WriteContext) -> None:
         write_gguf(model, path, ctx)
 
