@@ -82,13 +82,12 @@ def check_not_input(out: str, inputs: Iterable[str]) -> None:
 
 
 def fsync_path(path: str) -> None:
+    """fsync a file, or a directory and every file below it."""
     if os.path.isdir(path):
         for root, _dirs, files in os.walk(path):
             for f in files:
                 fsync_path(os.path.join(root, f))
-        fd = os.open(path, os.O_RDONLY)
-    else:
-        fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
