@@ -10,6 +10,8 @@ import json
 import os
 from typing import Any, Mapping, Optional, Sequence
 
+import numpy as np
+
 from .errors import FormatError, UsageError
 from .ir import Model, Tensor
 from .names import NameTable
@@ -123,3 +125,21 @@ def resolve(model: Model, table: NameTable, layers: Sequence[tuple[str, Mapping[
     if missing and table.recognises(model.tensors):
         raise FormatError(f"hparam {missing[0]} is not stored in the file or a sidecar and cannot be inferred "
                           f"from tensor shapes; give it with --hparam {missing[0]}=N")
+
+
+def same_hparam(x: Any, y: Any) -> bool:
+    """Whether two hparam values are the same.  Floats compare at float32 precision: every format and
+    loader keeps them as float32 (GGUF's eps is an f32; a value read back from one is
+    9.99999975e-06, not 1e-05)."""
+    if isinstance(x, float) or isinstance(y, float):
+        try:
+            return bool(np.float32(x) == np.float32(y))
+        except (TypeError, ValueError):
+            return False
+    return bool(x == y)
+
+
+def load_time_values(fmt: Any, model: Model) -> dict[str, Any]:
+    """The model's values of the hparams ``fmt`` cannot store but its loaders take at load time: what
+    reading that format back must be given (as a loader would be)."""
+    return {k: model.hparams[k] for k in getattr(fmt, "load_time_hparams", {}) if k in model.hparams}

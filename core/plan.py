@@ -15,11 +15,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
 
 from .dtypes import DType, exact_widenings, get_dtype
 from .errors import FormatError, LossyConversionError, MconvError, UnsupportedError
 from .format import Format, WriteContext
+from .hparams import same_hparam
 from .ir import Model, Step, Tensor, cast
 from .quant import policy
 
@@ -135,14 +135,6 @@ def _requant(src: DType, dst: DType) -> str:
     return ""
 
 
-def _same_hparam(value: object, fixed: object) -> bool:
-    """Float hparams compare at float32 precision: every format and loader keeps them as float32
-    (GGUF's eps is an f32; a value read back from one is 9.99999975e-06, not 1e-05)."""
-    if isinstance(value, float) and isinstance(fixed, float):
-        return bool(np.float32(value) == np.float32(fixed))
-    return value == fixed
-
-
 def make_plan(model: Model, fmt: Format, ctx: WriteContext, dtype: Optional[str] = None,
               allow_lossy: bool = False) -> Plan:
     if dtype is not None:
@@ -183,7 +175,7 @@ def make_plan(model: Model, fmt: Format, ctx: WriteContext, dtype: Optional[str]
             continue
         if key in fmt.fixed_hparams:
             fixed = fmt.fixed_hparams[key]
-            if not _same_hparam(value, fixed):
+            if not same_hparam(value, fixed):
                 losses.append(Loss("hparam", key, f"{value!r} cannot be stored; every {fmt.name} loader assumes "
                                    f"{fixed!r}", LOSSY))
         elif key in fmt.load_time_hparams:

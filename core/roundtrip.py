@@ -12,16 +12,17 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
 from .convert import open_model, write_model
 from .errors import UsageError
 from .format import Format
+from .hparams import load_time_values, same_hparam
 from .ir import Model
 from .registry import get_registry
-from .validate import (Report, TOLERANCES, Tolerance, _same_hparam, default_tokens, loosest, same_values,
+from .validate import (Report, TOLERANCES, Tolerance, default_tokens, loosest, same_values,
                        tolerance_for_plan, validate)
 
 
@@ -99,10 +100,6 @@ def _output_path(tmp: str, stem: str, fmt: Format, like: Optional[str]) -> str:
     return os.path.join(tmp, stem + ".bin")
 
 
-def _load_time(fmt: Format, model: Model) -> dict[str, Any]:
-    return {k: model.hparams[k] for k in fmt.load_time_hparams if k in model.hparams}
-
-
 def compare_tensors(a: Model, b: Model) -> tuple[int, list[TensorDiff]]:
     same = 0
     diffs = []
@@ -139,19 +136,19 @@ def roundtrip(model: Model, in_path: str, via: Format, *, dtype: Optional[str] =
     with tempfile.TemporaryDirectory(prefix="mconv-roundtrip-") as tmp:
         b_path = _output_path(tmp, "via", via, None)
         r1 = write_model(model, b_path, via, dtype=dtype, options=options, allow_lossy=allow_lossy, quiet=True)
-        b = open_model(b_path, via.name, hparams=_load_time(via, model))
+        b = open_model(b_path, via.name, hparams=load_time_values(via, model))
         try:
             a2_path = _output_path(tmp, "back", src, in_path)
             r2 = write_model(b, a2_path, src, allow_lossy=allow_lossy, quiet=True)
         finally:
             b.close()
-        a2 = open_model(a2_path, src.name, hparams=_load_time(src, model))
+        a2 = open_model(a2_path, src.name, hparams=load_time_values(src, model))
         try:
             lossless = r1.plan.lossless and r2.plan.lossless
             same, diffs = compare_tensors(model, a2)
             hp = [f"{k}: {model.hparams.get(k)!r} -> {a2.hparams.get(k)!r}"
                   for k in sorted(set(model.hparams) | set(a2.hparams))
-                  if not _same_hparam(model.hparams.get(k), a2.hparams.get(k))]
+                  if not same_hparam(model.hparams.get(k), a2.hparams.get(k))]
             if model.tokenizer is None:
                 tok = "none" if a2.tokenizer is None else "appeared"
             elif a2.tokenizer is None:

@@ -26,6 +26,7 @@ import numpy as np
 
 from .dtypes import DType, exact_widenings
 from .errors import ModelsDiffer, UsageError, ValidationError
+from .hparams import load_time_values, same_hparam
 from .ir import Model
 
 
@@ -271,18 +272,9 @@ def validate(a: Model, b: Model, tokens: Sequence[int], tolerance: Optional[Tole
     report = compare_logits(la, lb, tokens, tol)
     for k in sorted(set(a.hparams) | set(b.hparams)):
         va, vb = a.hparams.get(k), b.hparams.get(k)
-        if not _same_hparam(va, vb):
+        if not same_hparam(va, vb):
             report.notes.append(f"hparam {k} differs: {va!r} vs {vb!r}")
     return report
-
-
-def _same_hparam(x: Any, y: Any) -> bool:
-    if isinstance(x, float) or isinstance(y, float):
-        try:
-            return bool(np.float32(x) == np.float32(y))
-        except (TypeError, ValueError):
-            return False
-    return bool(x == y)
 
 
 #: validate's default input: BOS then this many ids drawn by a seeded generator over the vocabulary
@@ -317,8 +309,7 @@ def translate_check(model: Model, fmt: Any, args: Any) -> Callable[[str, Any], N
 
         tune_threads()
         # hparams the target cannot store but its loaders take at load time are given at load time
-        given = {k: model.hparams[k] for k in getattr(fmt, "load_time_hparams", {}) if k in model.hparams}
-        back = fmt.read(temp_path, ReadContext(hparams=given))
+        back = fmt.read(temp_path, ReadContext(hparams=load_time_values(fmt, model)))
         try:
             tokens = default_tokens(int(model.hparams["n_vocab"]),
                                     bos=model.tokenizer.bos_id if model.tokenizer is not None else 1)
